@@ -1,0 +1,88 @@
+"""Multi-head SAC: the agent's parameters and its per-task loss functions.
+
+Every loss function takes the agent first and returns `(losses, aux)` where `losses` has one
+entry per task: shape `[K]` on task-grouped `[K, B, ...]` data. Written once, a loss function
+is evaluated two ways: directly on the whole batch, or per task under `torch.func.vmap` with
+the agent's parameters swapped for one task's slice (see mtrl_famo.task_gradients).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from agents.networks import Actor, TwinCritic
+
+
+class MultiTaskSAC(nn.Module):
+    """Actor, twin critics, target critics and one learned temperature per task."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_tasks: int,
+        hidden_dim: int = 400,
+        num_layers: int = 3,
+        discount: float = 0.99,
+        init_temperature: float = 1.0,
+        log_std_min: float = -20.0,
+        log_std_max: float = 2.0,
+    ):
+        super().__init__()
+        self.num_tasks = num_tasks
+        self.action_dim = action_dim
+        self.discount = discount
+        self.target_entropy = -float(action_dim)
+        self.actor = Actor(obs_dim, action_dim, hidden_dim, num_layers, num_tasks, log_std_min, log_std_max)
+        self.critic = TwinCritic(obs_dim, action_dim, hidden_dim, num_layers, num_tasks)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        # Shape [K, 1] so that it broadcasts against [K, B] (and [1] against [B] per task).
+        self.log_alpha = nn.Parameter(torch.full((num_tasks, 1), math.log(init_temperature)))
+
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+    @torch.no_grad()
+    def td_target(
+        self,
+        reward: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor:
+        """Soft Bellman target `[K, B]`; bootstraps unless the episode really terminated."""
+        next_action, next_log_prob = self.actor.sample(next_obs, noise)
+        q1, q2 = self.critic_target(next_obs, next_action)
+        soft_value = torch.min(q1, q2) - self.alpha() * next_log_prob
+        return reward + self.discount * (1.0 - terminated) * soft_value
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        """Polyak averaging: target <- (1 - tau) * target + tau * online."""
+        torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), tau)
+
+
+def critic_loss(
+    agent: MultiTaskSAC, obs: torch.Tensor, action: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task sum of the two critics' mean squared TD errors; aux = mean Q1 per task."""
+    q1, q2 = agent.critic(obs, action)
+    losses = (q1 - target).pow(2).mean(-1) + (q2 - target).pow(2).mean(-1)
+    return losses, q1.detach().mean(-1)
+
+
+def actor_loss(agent: MultiTaskSAC, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task `E[alpha * log pi(a|s) - min Q(s, a)]`; aux = the sampled actions' log-probs."""
+    action, log_prob = agent.actor.sample(obs, noise)
+    q1, q2 = agent.critic(obs, action)
+    losses = (agent.alpha().detach() * log_prob - torch.min(q1, q2)).mean(-1)
+    return losses, log_prob.detach()
+
+
+def alpha_loss(agent: MultiTaskSAC, log_prob: torch.Tensor) -> torch.Tensor:
+    """Per-task temperature loss `E[-alpha * (log pi + target entropy)]` (mtrl/CleanRL form)."""
+    return -(agent.alpha() * (log_prob + agent.target_entropy).detach()).mean(-1)

@@ -1,0 +1,16 @@
+"""Metaworld multitask environments: building them, normalising a vector step, evaluating."""
+
+from envs.builder import EnvSpec, MultiTaskEnv, build_env, known_task_names
+from envs.evaluation import EvalResult, evaluate
+from envs.step import VectorStep, normalise_step
+
+__all__ = [
+    "EnvSpec",
+    "EvalResult",
+    "MultiTaskEnv",
+    "VectorStep",
+    "build_env",
+    "evaluate",
+    "known_task_names",
+    "normalise_step",
+]

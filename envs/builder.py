@@ -1,0 +1,138 @@
+"""Build a Metaworld 3.x multitask vector env: one sub-env per task, row i = task i."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+
+BENCHMARKS = ("mt10", "mt50", "mt1", "custom")
+VECTOR_STRATEGIES = ("sync", "async")
+
+
+def known_task_names() -> list[str]:
+    """All Metaworld v3 task names, in the benchmark's MT50 order."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return list(ALL_V3_ENVIRONMENTS.keys())
+
+
+def benchmark_task_names(name: str) -> list[str]:
+    """Task names of MT10/MT50 in sub-env order (the benchmark's class dict order)."""
+    from metaworld import env_dict
+
+    table = {"mt10": env_dict.MT10_V3, "mt50": env_dict.MT50_V3}
+    return list(table[name].keys())
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What to build. `tasks` is only read for `mt1` (one task) and `custom` (a list)."""
+
+    name: str
+    tasks: tuple[str, ...] = ()
+    one_hot: bool = True
+    vector_strategy: str = "sync"
+    max_episode_steps: int = 500
+
+    def task_names(self) -> list[str]:
+        if self.name in ("mt10", "mt50"):
+            return benchmark_task_names(self.name)
+        return list(self.tasks)
+
+    def validate(self) -> None:
+        """Raise ValueError (one sentence) for anything Metaworld would reject later."""
+        if self.name not in BENCHMARKS:
+            raise ValueError(f"Unknown env '{self.name}'; choose one of {', '.join(BENCHMARKS)}.")
+        if self.vector_strategy not in VECTOR_STRATEGIES:
+            raise ValueError(
+                f"Unknown env.vector_strategy '{self.vector_strategy}'; choose one of "
+                f"{', '.join(VECTOR_STRATEGIES)}."
+            )
+        if not 1 <= self.max_episode_steps <= 500:
+            raise ValueError(
+                f"env.max_episode_steps={self.max_episode_steps} is out of range; Metaworld "
+                "episodes last between 1 and 500 steps."
+            )
+        if self.name in ("mt1", "custom"):
+            known = known_task_names()
+            if self.name == "mt1" and len(self.tasks) != 1:
+                raise ValueError(f"env=mt1 needs exactly one task in env.task, got {list(self.tasks)}.")
+            if self.name == "custom" and not self.tasks:
+                raise ValueError("env=custom needs a non-empty env.tasks list, e.g. env.tasks=[reach-v3,push-v3].")
+            for task in self.tasks:
+                if task not in known:
+                    raise ValueError(f"Unknown Metaworld task '{task}'; choose from {', '.join(known)}.")
+            if len(set(self.tasks)) != len(self.tasks):
+                raise ValueError(f"env.tasks lists a task twice: {list(self.tasks)}; each task must appear once.")
+
+
+@dataclass
+class MultiTaskEnv:
+    """A vector env whose row i is task `task_names[i]`."""
+
+    vector: gym.vector.VectorEnv
+    task_names: list[str]
+    max_episode_steps: int
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.vector.single_observation_space.shape[0])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.vector.single_action_space.shape[0])
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self.vector.reset()
+        return np.asarray(obs, dtype=np.float32)
+
+    def close(self) -> None:
+        self.vector.close()
+
+
+def build_env(spec: EnvSpec, seed: int) -> MultiTaskEnv:
+    """Build the vector env. Goals (50 per task) are fixed by `seed`.
+
+    MT10/MT50 use Metaworld's registered `Meta-World/MT10|MT50` vector envs. Single tasks and
+    custom lists use the same per-task factory (`metaworld.make_mt_envs`) that the registered
+    `Meta-World/custom-mt-envs` uses, built here because that entry point turns seed 0 into
+    "unseeded" (`seed=None if not seed else seed + idx`), which would break reproducibility.
+    """
+    import metaworld  # noqa: F401  (registers the Meta-World/* ids)
+
+    spec.validate()
+    names = spec.task_names()
+    common = dict(use_one_hot=spec.one_hot, max_episode_steps=spec.max_episode_steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if spec.name in ("mt10", "mt50"):
+            vector = gym.make_vec(
+                f"Meta-World/{spec.name.upper()}",
+                vector_strategy=spec.vector_strategy,
+                seed=seed,
+                **common,
+            )
+        else:
+            factories = [
+                partial(
+                    metaworld.make_mt_envs,
+                    task,
+                    num_tasks=len(names),
+                    env_id=index,
+                    seed=seed + index,
+                    **common,
+                )
+                for index, task in enumerate(names)
+            ]
+            vector_cls = gym.vector.SyncVectorEnv if spec.vector_strategy == "sync" else gym.vector.AsyncVectorEnv
+            vector = vector_cls(factories, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    vector.reset(seed=seed)
+    return MultiTaskEnv(vector=vector, task_names=names, max_episode_steps=spec.max_episode_steps)

@@ -1,0 +1,95 @@
+"""FAMO (Liu et al., NeurIPS 2023), Algorithm 2 of the paper.
+
+Task weights z = softmax(xi). The backpropagated objective is `c * sum_i z_i log(l_i - b_i + eps)`
+with `c = 1 / sum_i (z_i / (l_i - b_i + eps))` held constant, so its gradient is
+`sum_i (c z_i / (l_i - b_i + eps)) grad l_i`. After the parameter step, with the losses on the
+same batch before (old) and after (new) the step,
+`delta_i = log(l_i^old - b_i + eps) - log(l_i^new - b_i + eps)`, the gradient on xi is the
+softmax Jacobian applied to delta, and xi takes one Adam(lr=w_lr, weight_decay=gamma) step.
+
+Difference from the published MTRL file: it multiplies by `sum_i z_i / l_i` where the paper
+(and this class) divides; only the paper's form makes the update the one analysed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from mtrl_famo.balancers.base import LossWeighting
+
+
+class FAMO(LossWeighting):
+    """Fast Adaptive Multitask Optimisation: O(1) loss weighting that equalises log-loss decrease."""
+
+    def __init__(
+        self,
+        num_tasks: int,
+        w_lr: float = 0.025,
+        gamma: float = 0.001,
+        min_losses: float | Sequence[float] = 0.0,
+        eps: float = 1e-8,
+    ):
+        super().__init__(num_tasks)
+        if w_lr <= 0:
+            raise ValueError(f"FAMO w_lr must be positive, got {w_lr}.")
+        if gamma < 0:
+            raise ValueError(f"FAMO gamma (weight decay) must be non-negative, got {gamma}.")
+        if eps <= 0:
+            raise ValueError(f"FAMO eps must be positive, got {eps}.")
+        bounds = torch.as_tensor(min_losses, dtype=torch.float32).flatten()
+        if bounds.numel() == 1:
+            bounds = bounds.expand(num_tasks).clone()
+        if bounds.numel() != num_tasks:
+            raise ValueError(f"FAMO min_losses has {bounds.numel()} entries; give one number or {num_tasks}.")
+        self.eps = eps
+        self.min_losses = bounds
+        self.logits = torch.zeros(num_tasks, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.logits], lr=w_lr, weight_decay=gamma)
+
+    def to(self, device: torch.device | str) -> "FAMO":
+        state = self.optimizer.state_dict()
+        self.logits = self.logits.detach().to(device).requires_grad_(True)
+        self.min_losses = self.min_losses.to(device)
+        self.optimizer = torch.optim.Adam([self.logits], **{k: state["param_groups"][0][k] for k in ("lr", "weight_decay")})
+        self.optimizer.load_state_dict(state)
+        return self
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.logits.detach(), dim=-1)
+
+    @property
+    def needs_losses_after_step(self) -> bool:
+        return True
+
+    def _shifted(self, losses: torch.Tensor) -> torch.Tensor:
+        """`l - b + eps`, refusing non-positive values (their log is undefined)."""
+        shifted = losses - self.min_losses + self.eps
+        if bool((shifted <= 0).any()):
+            raise ValueError(
+                f"FAMO needs every loss above its min_losses bound, got losses {losses.detach().tolist()} "
+                f"with min_losses {self.min_losses.tolist()}; apply FAMO to the critic only, or lower min_losses."
+            )
+        return shifted
+
+    def weighted_loss(self, losses: torch.Tensor) -> torch.Tensor:
+        z = self.weights()
+        shifted = self._shifted(losses)
+        c = 1.0 / (z / shifted.detach()).sum()
+        return c * (z * shifted.log()).sum()
+
+    def update(self, losses_before: torch.Tensor, losses_after: torch.Tensor) -> None:
+        delta = (self._shifted(losses_before).log() - self._shifted(losses_after).log()).detach()
+        z = self.weights()
+        # softmax Jacobian (diag(z) - z z^T) applied to delta.
+        self.logits.grad = z * (delta - (z * delta).sum())
+        self.optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"logits": self.logits.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.logits.copy_(state["logits"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,117 @@
+"""One multitask SAC update: critic, actor and temperatures, each through its balancer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agents.sac import MultiTaskSAC, actor_loss, alpha_loss, critic_loss
+from mtrl_famo.balanced_backward import BackwardResult, balanced_backward, conflict_stats
+from mtrl_famo.balancers import Balancer
+from mtrl_famo.replay import Batch
+
+BALANCED_LOSSES = ("critic", "actor")
+
+
+@dataclass
+class UpdateResult:
+    """Per-task figures of one update, kept on the device until logging asks for them."""
+
+    critic_loss: torch.Tensor
+    actor_loss: torch.Tensor
+    alpha_loss: torch.Tensor
+    conflicts: dict[str, torch.Tensor]
+
+
+class SACLearner:
+    """Owns the optimisers and runs the update order of mtrl's SAC.
+
+    `balancers` maps "critic"/"actor" to the balancer applied to that loss; the
+    temperatures are per task and independent, so their losses are simply summed.
+    """
+
+    def __init__(
+        self,
+        agent: MultiTaskSAC,
+        balancers: dict[str, Balancer],
+        lr: float = 3e-4,
+        tau: float = 0.005,
+        actor_update_every: int = 1,
+        target_update_every: int = 1,
+        generator: torch.Generator | None = None,
+    ):
+        missing = set(BALANCED_LOSSES) - set(balancers)
+        if missing:
+            raise ValueError(f"SACLearner needs a balancer for {sorted(missing)}.")
+        self.agent = agent
+        self.balancers = balancers
+        self.tau = tau
+        self.actor_update_every = actor_update_every
+        self.target_update_every = target_update_every
+        self.generator = generator
+        named = dict(agent.named_parameters())
+        self.params = {
+            "critic": {n: p for n, p in named.items() if n.startswith("critic.")},
+            "actor": {n: p for n, p in named.items() if n.startswith("actor.")},
+        }
+        self.optimizers = {
+            "critic": torch.optim.Adam(self.params["critic"].values(), lr=lr),
+            "actor": torch.optim.Adam(self.params["actor"].values(), lr=lr),
+            "alpha": torch.optim.Adam([agent.log_alpha], lr=lr),
+        }
+        self.num_updates = 0
+
+    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        shape = (*like.shape[:-1], self.agent.action_dim)
+        return torch.randn(shape, device=like.device, generator=self.generator)
+
+    def _balanced_step(self, name: str, loss_fn, data: tuple[torch.Tensor, ...]) -> BackwardResult:
+        balancer = self.balancers[name]
+        result = balanced_backward(self.agent, loss_fn, data, self.params[name], balancer)
+        self.optimizers[name].step()
+        if balancer.needs_losses_after_step:
+            with torch.no_grad():
+                losses_after, _ = loss_fn(self.agent, *data)
+            balancer.update(result.losses, losses_after)
+        return result
+
+    def update(self, batch: Batch, want_conflicts: bool = False) -> UpdateResult:
+        agent = self.agent
+        target = agent.td_target(batch.reward, batch.next_obs, batch.terminated, self._noise(batch.next_obs))
+        critic = self._balanced_step("critic", critic_loss, (batch.obs, batch.action, target))
+        conflicts: dict[str, torch.Tensor] = {}
+        if want_conflicts and critic.shared_grads is not None:
+            conflicts.update({f"critic/{k}": v for k, v in conflict_stats(critic.shared_grads).items()})
+
+        actor_losses = alpha_losses = torch.full_like(critic.losses, float("nan"))
+        if self.num_updates % self.actor_update_every == 0:
+            actor = self._balanced_step("actor", actor_loss, (batch.obs, self._noise(batch.obs)))
+            actor_losses = actor.losses
+            if want_conflicts and actor.shared_grads is not None:
+                conflicts.update({f"actor/{k}": v for k, v in conflict_stats(actor.shared_grads).items()})
+            alpha_losses = alpha_loss(agent, actor.aux)
+            self.optimizers["alpha"].zero_grad(set_to_none=True)
+            alpha_losses.sum().backward()
+            self.optimizers["alpha"].step()
+            alpha_losses = alpha_losses.detach()
+
+        if self.num_updates % self.target_update_every == 0:
+            agent.update_target(self.tau)
+        self.num_updates += 1
+        return UpdateResult(critic.losses, actor_losses, alpha_losses, conflicts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "balancers": {name: b.state_dict() for name, b in self.balancers.items()},
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, balancer in self.balancers.items():
+            balancer.load_state_dict(state["balancers"][name])
+        self.num_updates = int(state["num_updates"])
