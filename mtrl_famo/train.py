@@ -1,0 +1,67 @@
+"""Entry point: `python -m mtrl_famo.train env=mt10 balancer=famo [key=value ...]`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from mtrl_famo.atomic import write_text_atomic
+from mtrl_famo.config import ConfigError, from_dict
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+GROUPS = ("env", "balancer", "agent")
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Refuse `env=foo` (and other unknown group choices) in one sentence, before Hydra does."""
+    for argument in argv:
+        key, sep, value = argument.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in GROUPS:
+            continue
+        choices = sorted(p.stem for p in (CONFIG_DIR / key).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice and choice not in choices:
+                raise ConfigError(f"Unknown {key} '{choice}'; choose one of {', '.join(choices)}.")
+
+
+def resolved_run_dir(cfg: DictConfig) -> str:
+    """In a multirun every job writes to its own deterministic sweep sub-directory."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return hydra_cfg.runtime.output_dir
+    return str(cfg.run_dir)
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from mtrl_famo.trainer import Trainer
+
+    cfg.run_dir = resolved_run_dir(cfg)
+    try:
+        config = from_dict(OmegaConf.to_container(cfg, resolve=True))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    run_dir = Path(config.run_dir)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    summary = Trainer(config).train()
+    print(f"done: {summary['env_steps']} steps per task, eval success rate {summary['eval_success_rate']}, run dir {run_dir}")
+
+
+def cli() -> None:
+    try:
+        check_group_choices(sys.argv[1:])
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,231 @@
+"""The training loop: act, step the vector env, store, update, log, evaluate."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agents.sac import MultiTaskSAC
+from envs import MultiTaskEnv, build_env, evaluate, normalise_step
+from envs.evaluation import EvalResult
+from mtrl_famo import balancers
+from mtrl_famo.atomic import write_text_atomic
+from mtrl_famo.balancers import LossWeighting
+from mtrl_famo.config import TrainConfig
+from mtrl_famo.learner import BALANCED_LOSSES, SACLearner, UpdateResult
+from mtrl_famo.replay import TaskReplay
+from mtrl_famo.seeding import resolve_device, seed_everything
+from mtrl_famo.tb_logger import TBLogger
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class EpisodeTracker:
+    """Per-task running episode return and success (success at ANY step of the episode)."""
+
+    num_tasks: int
+    running_return: np.ndarray = field(init=False)
+    running_success: np.ndarray = field(init=False)
+    finished_success: list[np.ndarray] = field(default_factory=list)
+    finished_return: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.running_return = np.zeros(self.num_tasks)
+        self.running_success = np.zeros(self.num_tasks, dtype=bool)
+
+    def record(self, reward: np.ndarray, success: np.ndarray, done: np.ndarray) -> None:
+        self.running_return += reward
+        self.running_success |= success > 0
+        if done.any():
+            success_now = np.where(done, self.running_success, np.nan)
+            return_now = np.where(done, self.running_return, np.nan)
+            self.finished_success.append(success_now)
+            self.finished_return.append(return_now)
+            self.running_return[done] = 0.0
+            self.running_success[done] = False
+
+    def drain(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-task mean success and return of the episodes finished since the last drain."""
+        if not self.finished_success:
+            return None
+        with np.errstate(all="ignore"):
+            success = np.nanmean(np.stack(self.finished_success), axis=0)
+            returns = np.nanmean(np.stack(self.finished_return), axis=0)
+        self.finished_success.clear()
+        self.finished_return.clear()
+        return success, returns
+
+
+class Trainer:
+    """Builds everything a run needs from a validated TrainConfig and runs it."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.device = resolve_device(config.device)
+        self.generator = seed_everything(config.seed, self.device)
+        self.env: MultiTaskEnv = build_env(config.env, config.seed)
+        self.eval_env: MultiTaskEnv | None = None
+        self.task_names = self.env.task_names
+        k = self.env.num_tasks
+        agent_cfg = config.agent
+        self.agent = MultiTaskSAC(
+            self.env.obs_dim,
+            self.env.action_dim,
+            k,
+            hidden_dim=agent_cfg.hidden_dim,
+            num_layers=agent_cfg.num_layers,
+            discount=agent_cfg.discount,
+            init_temperature=agent_cfg.init_temperature,
+            log_std_min=agent_cfg.log_std_min,
+            log_std_max=agent_cfg.log_std_max,
+        ).to(self.device)
+        per_loss = {
+            loss: balancers.make(
+                config.balancer.name if loss in config.balancer.apply_to else "mtsac",
+                k,
+                **(config.balancer.options if loss in config.balancer.apply_to else {}),
+            ).to(self.device)
+            for loss in BALANCED_LOSSES
+        }
+        self.learner = SACLearner(
+            self.agent,
+            per_loss,
+            lr=agent_cfg.lr,
+            tau=agent_cfg.tau,
+            actor_update_every=agent_cfg.actor_update_every,
+            target_update_every=agent_cfg.target_update_every,
+            generator=self.generator,
+        )
+        self.replay = TaskReplay(
+            k, max(1, agent_cfg.replay_size // k), self.env.obs_dim, self.env.action_dim, self.device, self.generator
+        )
+        self.env_step = 0  # environment steps per task done so far
+        self.obs = self.env.reset()
+        self.episodes = EpisodeTracker(k)
+        self.last_eval: EvalResult | None = None
+        self._updates: list[UpdateResult] = []
+        self._update_seconds = 0.0
+        self._window_start = (time.perf_counter(), 0)
+
+    # ----- acting -------------------------------------------------------------------------
+    def _act(self, obs: torch.Tensor) -> torch.Tensor:
+        k, action_dim = self.env.num_tasks, self.env.action_dim
+        if self.env_step < self.config.agent.warmup_steps:
+            return torch.rand(k, action_dim, device=self.device, generator=self.generator) * 2.0 - 1.0
+        with torch.no_grad():
+            noise = torch.randn(k, action_dim, device=self.device, generator=self.generator)
+            action, _ = self.agent.actor.sample(obs.unsqueeze(1), noise.unsqueeze(1))
+        return action.squeeze(1)
+
+    def _greedy_policy(self, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(1)
+            return self.agent.actor.mean_action(obs_t).squeeze(1).cpu().numpy()
+
+    # ----- one vector step ----------------------------------------------------------------
+    def step(self) -> None:
+        obs_t = torch.as_tensor(self.obs, device=self.device)
+        action = self._act(obs_t)
+        result = normalise_step(*self.env.vector.step(action.cpu().numpy()))
+        self.replay.add(
+            obs=obs_t,
+            action=action,
+            reward=torch.as_tensor(result.reward, device=self.device),
+            next_obs=torch.as_tensor(result.next_obs, device=self.device),
+            terminated=torch.as_tensor(result.terminated, dtype=torch.float32, device=self.device),
+        )
+        self.episodes.record(result.reward, result.success, result.done)
+        self.obs = result.obs
+        self.env_step += 1
+        if self.env_step > self.config.agent.warmup_steps:
+            started = time.perf_counter()
+            for _ in range(self.config.agent.updates_per_step):
+                want_conflicts = (self.learner.num_updates + 1) % self.config.conflicts_every == 0
+                self._updates.append(self.learner.update(self.replay.sample(self.config.agent.batch_size_per_task), want_conflicts))
+            self._update_seconds += time.perf_counter() - started
+
+    # ----- logging and evaluation ---------------------------------------------------------
+    def log_train(self, logger: TBLogger) -> None:
+        step = self.env_step
+        drained = self.episodes.drain()
+        if drained is not None:
+            success, returns = drained
+            logger.scalar("train/success_rate", float(np.nanmean(success)), step)
+            logger.scalar("train/return", float(np.nanmean(returns)), step)
+        if self._updates:
+            for name in ("critic_loss", "actor_loss", "alpha_loss"):
+                per_task = torch.stack([getattr(u, name) for u in self._updates]).nanmean(0).cpu().numpy()
+                logger.scalar(f"loss/{name.removesuffix('_loss')}", float(np.nanmean(per_task)), step)
+            conflicts = [u.conflicts for u in self._updates if u.conflicts]
+            if conflicts:
+                for key, value in conflicts[-1].items():
+                    loss, stat = key.split("/")
+                    logger.scalar(f"balancer/{stat}" if loss == "critic" else f"balancer/{loss}/{stat}", float(value), step)
+            logger.scalar("perf/update_ms", 1e3 * self._update_seconds / len(self._updates), step)
+        logger.per_task("alpha", self.agent.alpha().detach().squeeze(-1).cpu().numpy(), step)
+        for loss, balancer in self.learner.balancers.items():
+            if isinstance(balancer, LossWeighting) and loss in self.config.balancer.apply_to:
+                prefix = "balancer/weight" if loss == "critic" else f"balancer/{loss}_weight"
+                logger.per_task(prefix, balancer.weights().cpu().numpy(), step)
+        started, at_step = self._window_start
+        now = time.perf_counter()
+        logger.scalar("perf/env_steps_per_s", (step - at_step) / max(now - started, 1e-9), step)
+        self._window_start = (now, step)
+        self._updates.clear()
+        self._update_seconds = 0.0
+
+    def run_evaluation(self, logger: TBLogger) -> EvalResult:
+        if self.eval_env is None:
+            self.eval_env = build_env(self.config.env, self.config.seed)
+        result = evaluate(self._greedy_policy, self.eval_env, self.config.eval_episodes)
+        logger.evaluation(result, self.env_step)
+        logger.flush()
+        self.last_eval = result
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        result = self.last_eval
+        return {
+            "env_steps": self.env_step,
+            "steps": self.config.steps,
+            "complete": self.env_step >= self.config.steps,
+            "eval_success_rate": None if result is None else result.mean_success_rate,
+            "eval_success_rate_per_task": None
+            if result is None
+            else dict(zip(result.task_names, map(float, result.success_rate))),
+        }
+
+    # ----- the loop -----------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        logger = TBLogger(self.run_dir, self.task_names)
+        bar = tqdm(total=config.steps, initial=self.env_step, disable=None if config.progress else True,
+                   unit="step", dynamic_ncols=True)
+        try:
+            while self.env_step < config.steps:
+                self.step()
+                bar.update(1)
+                if self.env_step % config.log_every == 0:
+                    self.log_train(logger)
+                if self.env_step % config.eval_every == 0 or self.env_step == config.steps:
+                    result = self.run_evaluation(logger)
+                    bar.set_postfix(eval_success=f"{result.mean_success_rate:.2f}")
+            summary = self.summary()
+            write_text_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+            return summary
+        finally:
+            bar.close()
+            logger.close()
+            self.env.close()
+            if self.eval_env is not None:
+                self.eval_env.close()
