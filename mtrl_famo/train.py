@@ -30,6 +30,30 @@ def check_group_choices(argv: list[str]) -> None:
                 raise ConfigError(f"Unknown {key} '{choice}'; choose one of {', '.join(choices)}.")
 
 
+def check_config(argv: list[str]) -> None:
+    """Validate a single run's full config before Hydra creates any directory.
+
+    Multirun sweeps and Hydra flags (`-m`, `--cfg`, ...) are left to Hydra; each job of a sweep
+    is validated again inside `main`.
+    """
+    if any(argument.startswith("-") for argument in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=argv)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        first_line = str(error).strip().splitlines()[0]
+        if first_line.startswith("Could not override"):
+            first_line = first_line.rstrip(".") + ": no such config key; `python -m mtrl_famo.train --cfg job` lists them all."
+        raise ConfigError(first_line) from None
+    from_dict(resolved)
+
+
 def resolved_run_dir(cfg: DictConfig) -> str:
     """In a multirun every job writes to its own deterministic sweep sub-directory."""
     hydra_cfg = HydraConfig.get()
@@ -57,6 +81,7 @@ def main(cfg: DictConfig) -> None:
 def cli() -> None:
     try:
         check_group_choices(sys.argv[1:])
+        check_config(sys.argv[1:])
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
