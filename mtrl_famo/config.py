@@ -53,6 +53,7 @@ class TrainConfig:
     eval_episodes: int = 10
     log_every: int = 1000
     conflicts_every: int = 100
+    checkpoint_every: int = 50_000
 
 
 def _positive(name: str, value: Any) -> None:
@@ -72,6 +73,7 @@ def from_dict(cfg: dict[str, Any]) -> TrainConfig:
     balancer_cfg = dict(cfg["balancer"])
     eval_cfg = dict(cfg.get("eval", {}))
     log_cfg = dict(cfg.get("log", {}))
+    checkpoint_cfg = dict(cfg.get("checkpoint", {}))
 
     env = EnvSpec(
         name=str(env_cfg["name"]),
@@ -104,6 +106,7 @@ def from_dict(cfg: dict[str, Any]) -> TrainConfig:
         eval_episodes=eval_cfg.get("episodes", 10),
         log_every=log_cfg.get("every", 1000),
         conflicts_every=log_cfg.get("conflicts_every", 100),
+        checkpoint_every=checkpoint_cfg.get("every", 50_000),
     )
     validate(config)
     return config
@@ -122,6 +125,9 @@ def validate(config: TrainConfig) -> None:
     _positive("eval.episodes", config.eval_episodes)
     _positive("log.every", config.log_every)
     _positive("log.conflicts_every", config.conflicts_every)
+    every = config.checkpoint_every
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError(f"checkpoint.every={every} is invalid; it must be a non-negative integer (0 = only at the end and on signals).")
     if config.eval_every > config.steps:
         raise ConfigError(
             f"eval.every={config.eval_every} is larger than steps={config.steps}; no evaluation would run, "

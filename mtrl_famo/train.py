@@ -10,7 +10,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mtrl_famo.atomic import write_text_atomic
 from mtrl_famo.config import ConfigError, from_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -64,6 +63,7 @@ def resolved_run_dir(cfg: DictConfig) -> str:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from mtrl_famo.checkpoint import CheckpointError
     from mtrl_famo.trainer import Trainer
 
     cfg.run_dir = resolved_run_dir(cfg)
@@ -73,8 +73,11 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     run_dir = Path(config.run_dir)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    summary = Trainer(config).train()
+    try:
+        summary = Trainer(config).train(resolved_config=OmegaConf.to_yaml(cfg, resolve=True))
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     print(f"done: {summary['env_steps']} steps per task, eval success rate {summary['eval_success_rate']}, run dir {run_dir}")
 
 

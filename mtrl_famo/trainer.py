@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,16 +18,20 @@ from tqdm import tqdm
 from agents.sac import MultiTaskSAC
 from envs import MultiTaskEnv, build_env, evaluate, normalise_step
 from envs.evaluation import EvalResult
-from mtrl_famo import balancers
+from mtrl_famo import balancers, checkpoint
 from mtrl_famo.atomic import write_text_atomic
 from mtrl_famo.balancers import LossWeighting
 from mtrl_famo.config import TrainConfig
 from mtrl_famo.learner import BALANCED_LOSSES, SACLearner, UpdateResult
+from mtrl_famo.preemption import PreemptionGuard
 from mtrl_famo.replay import TaskReplay
 from mtrl_famo.seeding import resolve_device, seed_everything
 from mtrl_famo.tb_logger import TBLogger
 
 SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+# Options that may change between a checkpoint and its resumption without changing the run.
+RESUMABLE_CHANGES = ("steps", "progress", "device", "run_dir", "checkpoint_every")
 
 
 @dataclass
@@ -40,6 +47,13 @@ class EpisodeTracker:
     def __post_init__(self) -> None:
         self.running_return = np.zeros(self.num_tasks)
         self.running_success = np.zeros(self.num_tasks, dtype=bool)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ("running_return", "running_success", "finished_success", "finished_return")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def record(self, reward: np.ndarray, success: np.ndarray, done: np.ndarray) -> None:
         self.running_return += reward
@@ -110,6 +124,12 @@ class Trainer:
         )
         self.env_step = 0  # environment steps per task done so far
         self.obs = self.env.reset()
+        # Exact resume points are episode ends shared by all tasks (fixed horizon, no
+        # termination): there the simulator state is a fresh reset, reproducible from the env
+        # RNG states taken just before the step that ended the episode.
+        self.episode_step = 0
+        self._env_rng_before_reset: tuple | None = None
+        self._last_checkpoint_step = 0
         self.episodes = EpisodeTracker(k)
         self.last_eval: EvalResult | None = None
         self._updates: list[UpdateResult] = []
@@ -135,7 +155,15 @@ class Trainer:
     def step(self) -> None:
         obs_t = torch.as_tensor(self.obs, device=self.device)
         action = self._act(obs_t)
+        ends_episode = self.episode_step + 1 == self.env.max_episode_steps
+        env_rng = self.env.vector.call("get_checkpoint") if ends_episode else None
         result = normalise_step(*self.env.vector.step(action.cpu().numpy()))
+        self.episode_step += 1
+        if result.done.all():
+            self.episode_step = 0
+            self._env_rng_before_reset = env_rng
+        elif result.done.any():  # episodes no longer aligned across tasks: no exact resume point
+            self._env_rng_before_reset = None
         self.replay.add(
             obs=obs_t,
             action=action,
@@ -204,22 +232,132 @@ class Trainer:
             else dict(zip(result.task_names, map(float, result.success_rate))),
         }
 
+    # ----- checkpoint / resume ------------------------------------------------------------
+    @property
+    def at_resume_point(self) -> bool:
+        """True right after an episode end shared by every task, where a checkpoint is exact."""
+        return self.episode_step == 0 and self._env_rng_before_reset is not None
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every
+        return every > 0 and self.env_step // every > self._last_checkpoint_step // every
+
+    def _comparable_config(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self.config)
+        return {key: value for key, value in values.items() if key not in RESUMABLE_CHANGES}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs; only valid at a resume point."""
+        if not self.at_resume_point:
+            raise RuntimeError("A checkpoint can only be taken at an episode end shared by every task.")
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "generator": self.generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        return {
+            "config": self._comparable_config(),
+            "env_step": self.env_step,
+            "obs": self.obs,
+            "agent": self.agent.state_dict(),
+            "learner": self.learner.state_dict(),
+            "replay": self.replay.state_dict(),
+            "rng": rng,
+            "env_rng_before_reset": self._env_rng_before_reset,
+            "eval_env_rng": None if self.eval_env is None else self.eval_env.vector.call("get_checkpoint"),
+            "episodes": self.episodes.state_dict(),
+            "pending_updates": [dataclasses.asdict(update) for update in self._updates],
+            "last_eval": None if self.last_eval is None else dataclasses.asdict(self.last_eval),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved, current = state["config"], self._comparable_config()
+        if saved != current:
+            key = next(k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k))
+            raise checkpoint.CheckpointError(
+                f"{self.run_dir} holds a checkpoint of a different run ({key}: {saved.get(key)!r} there, "
+                f"{current.get(key)!r} now); use another run_dir or move that directory away."
+            )
+        device = self.device
+        self.agent.load_state_dict(state["agent"])
+        self.learner.load_state_dict(state["learner"])
+        self.replay.load_state_dict(state["replay"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.env.vector.call("load_checkpoint", list(state["env_rng_before_reset"]))
+        self.obs = self.env.reset()
+        if not np.array_equal(self.obs, state["obs"]):
+            warnings.warn("The environment did not reproduce the checkpoint's observation; the resumed run "
+                          "continues but is not an exact continuation.", RuntimeWarning, stacklevel=2)
+            self.obs = state["obs"]
+        self._env_rng_before_reset = state["env_rng_before_reset"]
+        self.episode_step = 0
+        if state["eval_env_rng"] is not None:
+            self.eval_env = build_env(self.config.env, self.config.seed)
+            self.eval_env.vector.call("load_checkpoint", list(state["eval_env_rng"]))
+        self.episodes.load_state_dict(state["episodes"])
+        self._updates = [
+            UpdateResult(**{k: (v.to(device) if torch.is_tensor(v) else {n: t.to(device) for n, t in v.items()})
+                            for k, v in update.items()})
+            for update in state["pending_updates"]
+        ]
+        self.last_eval = None if state["last_eval"] is None else EvalResult(**state["last_eval"])
+        self.env_step = self._last_checkpoint_step = int(state["env_step"])
+
+    def save_checkpoint(self) -> None:
+        checkpoint.save(self.run_dir, self.state_dict())
+        self._last_checkpoint_step = self.env_step
+
+    def resume(self) -> bool:
+        """Continue from the run directory's checkpoint if there is one; True when resumed."""
+        state = checkpoint.load_latest(self.run_dir, map_location="cpu")
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        return True
+
     # ----- the loop -----------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
+    def train(self, resolved_config: str | None = None) -> dict[str, Any]:
+        """Run (or resume) to `config.steps` environment steps per task; returns the summary.
+
+        `resolved_config` (the YAML of the full config) is saved beside the event files once the
+        run directory is known to be this run's, so a refused resume overwrites nothing.
+        """
         config = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        logger = TBLogger(self.run_dir, self.task_names)
+        had_events = any(self.run_dir.glob("events.out.tfevents.*"))
+        resumed = self.resume()
+        if resolved_config is not None:
+            write_text_atomic(self.run_dir / CONFIG_FILE, resolved_config)
+        # Hide whatever an interrupted earlier attempt logged after the point we continue from.
+        purge_step = self.env_step + 1 if resumed else (0 if had_events else None)
+        logger = TBLogger(self.run_dir, self.task_names, purge_step=purge_step)
         bar = tqdm(total=config.steps, initial=self.env_step, disable=None if config.progress else True,
                    unit="step", dynamic_ncols=True)
         try:
-            while self.env_step < config.steps:
-                self.step()
-                bar.update(1)
-                if self.env_step % config.log_every == 0:
-                    self.log_train(logger)
-                if self.env_step % config.eval_every == 0 or self.env_step == config.steps:
-                    result = self.run_evaluation(logger)
-                    bar.set_postfix(eval_success=f"{result.mean_success_rate:.2f}")
+            with PreemptionGuard() as guard:
+                while self.env_step < config.steps:
+                    self.step()
+                    bar.update(1)
+                    if self.env_step % config.log_every == 0:
+                        self.log_train(logger)
+                    if self.env_step % config.eval_every == 0 or self.env_step == config.steps:
+                        result = self.run_evaluation(logger)
+                        bar.set_postfix(eval_success=f"{result.mean_success_rate:.2f}")
+                    if self.at_resume_point and (guard.pending is not None or self._checkpoint_due()):
+                        logger.flush()
+                        self.save_checkpoint()
+                        guard.hand_over()
+                if self.at_resume_point and self._last_checkpoint_step != self.env_step:
+                    logger.flush()
+                    self.save_checkpoint()  # a finished run re-launched (e.g. re-queued) stays finished
             summary = self.summary()
             write_text_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
             return summary
