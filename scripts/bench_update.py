@@ -5,9 +5,10 @@
     python scripts/bench_update.py --device cuda
 
 Shapes follow the published MT10 setup: 3 x 400 MLPs, 128 transitions per task, obs 39 +
-one-hot K, 4-dim actions. Balancers apply to critic and actor ("both") unless --apply-to says
-otherwise; FAMO applies to the critic only, as published. All balancers of one K are timed in
-the same run, interleaved round by round, so the ratios are comparable on a noisy machine.
+one-hot K, 4-dim actions. Each balancer runs with the options and `apply_to` of its
+`configs/balancer/<name>.yaml` (what `python -m mtrl_famo.train balancer=<name>` uses: FAMO on the
+critic only, as published; PCGrad and CAGrad on critic and actor). All balancers of one K are
+timed in the same run, interleaved round by round, so the ratios are comparable on a noisy machine.
 """
 
 from __future__ import annotations
@@ -16,23 +17,35 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from agents.sac import MultiTaskSAC
 from mtrl_famo import balancers
-from mtrl_famo.learner import SACLearner
+from mtrl_famo.learner import BALANCED_LOSSES, SACLearner
 from mtrl_famo.replay import TaskReplay
 
-DEFAULT_APPLY = {"famo": ("critic",)}
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "balancer"
+
+
+def balancer_preset(name: str, seed: int) -> tuple[tuple[str, ...], dict]:
+    """`apply_to` and options from the balancer's config file (`${seed}` resolved to `seed`)."""
+    tree = OmegaConf.create({"seed": seed, "balancer": OmegaConf.load(CONFIG_DIR / f"{name}.yaml")})
+    preset = OmegaConf.to_container(tree, resolve=True)["balancer"]
+    return tuple(preset.get("apply_to") or ()), dict(preset.get("options") or {})
 
 
 def make_learner(name: str, k: int, hidden: int, layers: int, device: torch.device, seed: int) -> tuple[SACLearner, TaskReplay]:
     torch.manual_seed(seed)
     obs_dim, action_dim = 39 + k, 4
     agent = MultiTaskSAC(obs_dim, action_dim, k, hidden_dim=hidden, num_layers=layers).to(device)
-    applied = DEFAULT_APPLY.get(name, ("critic", "actor"))
-    per_loss = {loss: balancers.make(name if loss in applied else "mtsac", k).to(device) for loss in ("critic", "actor")}
+    applied, options = balancer_preset(name, seed)
+    per_loss = {
+        loss: (balancers.make(name, k, **options) if loss in applied else balancers.make("mtsac", k)).to(device)
+        for loss in BALANCED_LOSSES
+    }
     replay = TaskReplay(k, 1000, obs_dim, action_dim, device)
     for _ in range(1000):
         replay.add(
