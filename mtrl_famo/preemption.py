@@ -45,8 +45,11 @@ class PreemptionGuard:
     def hand_over(self) -> None:
         """Give the pending signal to the handler that was installed before ours.
 
-        After the checkpoint is safely on disk: submitit's handler re-queues and exits; the
-        default action terminates (as SystemExit, so that files are closed on the way out).
+        After the checkpoint is safely on disk: submitit's SIGUSR2 handler re-queues the job and
+        exits; the default action terminates (as SystemExit, so that files are closed on the way
+        out). SIGTERM always ends the run once handed over: submitit merely logs it, but under
+        Slurm it announces a kill (`scancel`, `scontrol requeue`, preemption), and training past
+        the checkpoint would only be thrown away.
         """
         signum, self.pending = self.pending, None
         if signum is None:
@@ -54,6 +57,6 @@ class PreemptionGuard:
         previous = self._previous.get(signum, signal.SIG_DFL)
         if callable(previous):
             previous(int(signum), None)
-        elif previous == signal.SIG_DFL:
+        if previous == signal.SIG_DFL or (callable(previous) and signum == signal.SIGTERM):
             sys.exit(128 + int(signum))
-        # SIG_IGN: the signal was meant to be ignored, so training simply goes on.
+        # SIG_IGN, or a handler that returned: the signal asked for no stop, so training goes on.
