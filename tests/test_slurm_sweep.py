@@ -1,0 +1,163 @@
+"""Seed sweeps through the real submitit Slurm launcher on a real local Slurm cluster.
+
+The cluster is started by the project's own `scripts/local_slurm.sh` (munge, slurmctld, slurmd on
+localhost). A sweep is submitted exactly as a user would (`python -m mtrl_famo.train -m ...
+hydra/launcher=slurm`), then jobs are re-queued mid-run the two ways a cluster does it:
+`scontrol requeue` (SIGTERM, then Slurm restarts the job) and the time-limit/preemption signal
+(SIGUSR2, submitit's checkpoint mechanism re-queues the job).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, TINY_RUN
+
+STEPS = 400
+SWEEP_RUN = [
+    *(o for o in TINY_RUN if not o.startswith(("steps=", "eval.every="))),
+    f"steps={STEPS}",
+    "eval.every=80",
+    "checkpoint.every=40",  # 40-step episodes: a checkpoint at every episode end
+]
+LAUNCHER = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=null",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=null",
+    "hydra.launcher.timeout_min=30",
+    # Same thread count in every job, so CPU runs are bit-for-bit comparable.
+    "hydra.launcher.setup=['export OMP_NUM_THREADS=1']",
+]
+SWEEP_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """Start (installing if needed) the local single-node cluster with the project's script."""
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "local_slurm.sh"), "start"], capture_output=True, text=True, timeout=900
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/local_slurm.sh start failed:\n{result.stdout}\n{result.stderr}")
+
+
+def submit_sweep(sweep_dir: Path, *overrides: str) -> subprocess.Popen:
+    """Submit a multirun sweep to Slurm; the process waits for every job, as submitit does."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "mtrl_famo.train", "-m", *SWEEP_RUN, *LAUNCHER,
+               f"hydra.sweep.dir={sweep_dir}", *overrides]
+    return subprocess.Popen(command, cwd=sweep_dir.parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    try:
+        output, _ = process.communicate(timeout=SWEEP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"sweep did not finish within {SWEEP_TIMEOUT_S} s:\n{output[-4000:]}")
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+        if not tag.startswith("perf/")  # wall-clock figures differ between any two runs
+    }
+
+
+def assert_complete_run(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["env_steps"] == STEPS
+    data = scalars(run_dir)
+    for tag, points in data.items():
+        steps = [step for step, _ in points]
+        assert steps == sorted(set(steps)), f"{tag} has duplicated or looping steps: {steps}"
+    assert [step for step, _ in data["eval/success_rate"]] == list(range(80, STEPS + 1, 80))
+    return data
+
+
+def slurm_job_id(sweep_dir: Path, timeout: float = 120) -> str:
+    """The array job id submitit used, read from its folder `<sweep>/.submitit/<job id>`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        folders = [p.name for p in (sweep_dir / ".submitit").glob("*") if p.name.isdigit()]
+        if folders:
+            return folders[0]
+        time.sleep(0.2)
+    pytest.fail(f"no submitit job folder appeared in {sweep_dir / '.submitit'}")
+
+
+def wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not (run_dir / "checkpoint.pt").exists():
+        assert process.poll() is None, process.communicate()[0][-4000:]
+        assert time.monotonic() < deadline, f"no checkpoint in {run_dir} within {timeout} s"
+        time.sleep(0.1)
+
+
+def restarts(job_id: str) -> int:
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    field = next(part for part in shown.split() if part.startswith("Restarts="))
+    return int(field.removeprefix("Restarts="))
+
+
+@pytest.fixture(scope="module")
+def sweep(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 balancers x 2 seeds, submitted as one Slurm array job and waited for."""
+    sweep_dir = tmp_path_factory.mktemp("sweep") / "sweep"
+    finish(submit_sweep(sweep_dir, "balancer=famo,mtsac", "seed=0,1"))
+    return sweep_dir
+
+
+def test_sweep_runs_land_in_deterministic_dirs(sweep: Path) -> None:
+    runs = sorted(str(p.parent.relative_to(sweep)) for p in sweep.glob("**/summary.json"))
+    assert runs == ["custom/famo/seed=0", "custom/famo/seed=1", "custom/mtsac/seed=0", "custom/mtsac/seed=1"]
+    for run in runs:
+        data = assert_complete_run(sweep / run)
+        config = (sweep / run / "config.yaml").read_text()
+        assert f"name: {run.split('/')[1]}" in config and "${" not in config
+        assert f"eval/success_rate/reach-v3" in data and "loss/critic" in data
+
+
+@pytest.mark.parametrize("interrupt", ["scontrol-requeue", "usr2-signal"])
+def test_requeued_job_resumes_and_matches_uninterrupted(sweep: Path, tmp_path: Path, interrupt: str) -> None:
+    """Interrupted mid-run, re-queued by Slurm, resumed from the checkpoint: same numbers, no duplicates."""
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    process = submit_sweep(sweep_dir, "balancer=famo", "seed=0")
+    job_id = slurm_job_id(sweep_dir)
+    run_dir = sweep_dir / "custom" / "famo" / "seed=0"
+    wait_for_checkpoint(run_dir, process)
+    if interrupt == "scontrol-requeue":
+        # What preemption by requeue and an admin's requeue do: SIGTERM now, restart later.
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+    else:
+        # The signal Slurm sends `signal_delay_s` before the time limit (--signal=USR2@...).
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    output = finish(process)
+    assert restarts(job_id) == 1, output[-4000:]
+    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob(f"{job_id}/*.err"))
+    if interrupt == "usr2-signal":
+        assert "Caught signal SIGUSR2" in logs and "this job is preempted" in logs
+
+    resumed = assert_complete_run(run_dir)
+    uninterrupted = scalars(sweep / "custom" / "famo" / "seed=0")
+    assert set(resumed) == set(uninterrupted)
+    for tag, points in resumed.items():
+        assert points == uninterrupted[tag], f"{tag} differs from the uninterrupted run of the sweep"
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2  # one event file per attempt
