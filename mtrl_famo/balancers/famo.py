@@ -13,6 +13,7 @@ Difference from the published MTRL file: it multiplies by `sum_i z_i / l_i` wher
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import torch
@@ -80,16 +81,19 @@ class FAMO(LossWeighting):
         return c * (z * shifted.log()).sum()
 
     def update(self, losses_before: torch.Tensor, losses_after: torch.Tensor) -> None:
-        delta = (self._shifted(losses_before).log() - self._shifted(losses_after).log()).detach()
+        # In the logits' dtype: float64 (or bf16) losses must not break the float32 logits' update.
+        delta = (self._shifted(losses_before).log() - self._shifted(losses_after).log()).detach().to(self.logits)
         z = self.weights()
         # softmax Jacobian (diag(z) - z z^T) applied to delta.
         self.logits.grad = z * (delta - (z * delta).sum())
         self.optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"logits": self.logits.detach().clone(), "optimizer": self.optimizer.state_dict()}
+        # Deep copies: torch's optimizer state_dict hands out its live Adam moment tensors, so a
+        # snapshot (or a balancer loaded from it) would otherwise keep moving with this one.
+        return {"logits": self.logits.detach().clone(), "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             self.logits.copy_(state["logits"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
