@@ -1,0 +1,352 @@
+"""The sweep report: real TensorBoard files in, numbers checked against independent computations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from scipy.stats import trim_mean
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from conftest import TINY_RUN, run_cli
+from mtrl_famo.report import (CURVES_PNG, REPORT_JSON, REPORT_MD, ReportError, build_report, completion, compute_report,
+                               read_scalars)
+
+TASKS = ["reach-v3", "push-v3", "pick-place-v3"]
+STEPS, EVAL_EVERY = 300, 100
+REPS = 300
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ----- writing runs the way the trainer does --------------------------------------------------
+def write_config(run_dir: Path, env: str, balancer: str, seed: int, steps: int = STEPS, tasks=TASKS) -> None:
+    """config.yaml with the trainer's structure (the resolved Hydra config, saved with OmegaConf)."""
+    cfg = OmegaConf.create({
+        "env": {"name": env, "tasks": list(tasks), "one_hot": True, "vector_strategy": "sync", "max_episode_steps": 40},
+        "agent": {"hidden_dim": 32, "num_layers": 2, "batch_size_per_task": 16, "warmup_steps": 40},
+        "balancer": {"name": balancer, "apply_to": ["critic"], "options": {}},
+        "seed": seed, "device": "auto", "steps": steps, "run_dir": str(run_dir), "progress": False,
+        "eval": {"every": EVAL_EVERY, "episodes": 10}, "log": {"every": 20, "conflicts_every": 5},
+        "checkpoint": {"every": 50000},
+    })
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def write_events(run_dir: Path, evals: dict[int, list[float]], wall0: float, order: int,
+                 tasks=TASKS, purge_step: int | None = None) -> None:
+    """One event file with the trainer's eval tags; `order` fixes the file name's sort position."""
+    staging = run_dir / f"staging{order}"
+    writer = SummaryWriter(log_dir=str(staging), purge_step=purge_step)
+    for i, (step, per_task) in enumerate(sorted(evals.items())):
+        wall = wall0 + i
+        writer.add_scalar("eval/success_rate", float(np.mean(per_task)), step, walltime=wall)
+        writer.add_scalar("eval/return", 100.0 * float(np.mean(per_task)), step, walltime=wall)
+        for task, value in zip(tasks, per_task):
+            writer.add_scalar(f"eval/success_rate/{task}", value, step, walltime=wall)
+        writer.add_scalar("loss/critic", 1.0 / step, step, walltime=wall)
+    writer.close()
+    (event_file,) = staging.glob("events.out.tfevents.*")
+    event_file.rename(run_dir / f"events.out.tfevents.{1700000000 + order:010d}.node.4242.{order}")
+    staging.rmdir()
+
+
+def write_summary(run_dir: Path, steps: int, final: list[float], tasks=TASKS) -> None:
+    """The trainer's completion marker."""
+    summary = {"env_steps": steps, "steps": steps, "complete": True, "eval_success_rate": float(np.mean(final)),
+               "eval_success_rate_per_task": dict(zip(tasks, final))}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def random_evals(rng: np.random.Generator, steps=range(EVAL_EVERY, STEPS + 1, EVAL_EVERY), tasks=TASKS) -> dict[int, list[float]]:
+    """Success rates as 10-episode evaluations produce them (multiples of 0.1)."""
+    return {step: list(rng.integers(0, 11, size=len(tasks)) / 10) for step in steps}
+
+
+def make_sweep(root: Path) -> dict:
+    """A sweep with known numbers; returns what was written, keyed by (env, balancer, seed)."""
+    rng = np.random.default_rng(123)
+    written: dict[tuple[str, str, int], dict[int, list[float]]] = {}
+
+    def complete_run(env: str, balancer: str, seed: int, evals: dict[int, list[float]], run_dir: Path | None = None):
+        run_dir = run_dir or root / env / balancer / f"seed={seed}"
+        write_config(run_dir, env, balancer, seed)
+        write_events(run_dir, evals, wall0=1000.0, order=0)
+        write_summary(run_dir, STEPS, evals[STEPS])
+        written[(env, balancer, seed)] = evals
+
+    for seed in range(4):  # famo: 4 plain seeds + the resumed one below = 5
+        complete_run("custom", "famo", seed, random_evals(rng))
+    for seed in range(3):
+        complete_run("custom", "mtsac", seed, random_evals(rng))
+    # A resumed run in a path that says nothing about it: two event files sharing step 200.
+    resumed = root / "requeued" / "job_17"
+    first, second = random_evals(rng, steps=[100, 200]), random_evals(rng, steps=[200, 300])
+    write_config(resumed, "custom", "famo", 4)
+    write_events(resumed, first, wall0=1000.0, order=1)
+    write_events(resumed, second, wall0=5000.0, order=2)
+    write_summary(resumed, STEPS, second[STEPS])
+    written[("custom", "famo", 4)] = {100: first[100], 200: second[200], 300: second[300]}
+    (resumed / ".hydra").mkdir()
+    (resumed / ".hydra" / "config.yaml").write_text("seed: ${oc.env:NOPE}\n")  # Hydra's copy: not a run
+    # An incomplete mtsac seed: last eval at 200 of 300, no marker.
+    incomplete = root / "custom" / "mtsac" / "seed=3"
+    write_config(incomplete, "custom", "mtsac", 3)
+    write_events(incomplete, random_evals(rng, steps=[100, 200]), wall0=1000.0, order=0)
+    # A second env: one seed (degenerate CI) and two identical seeds.
+    solo_tasks = ["reach-v3"]
+    for balancer, seeds in (("cagrad", [0]), ("pcgrad", [0, 1])):
+        for seed in seeds:
+            run_dir = root / "mt1" / balancer / f"seed={seed}"
+            evals = {100: [0.3], 200: [0.6], 300: [0.5]}
+            write_config(run_dir, "mt1", balancer, seed, tasks=solo_tasks)
+            write_events(run_dir, evals, wall0=1000.0, order=0, tasks=solo_tasks)
+            write_summary(run_dir, STEPS, evals[STEPS], tasks=solo_tasks)
+            written[("mt1", balancer, seed)] = evals
+    return written
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multirun")
+    written = make_sweep(root)
+    before = snapshot(root)
+    report = build_report(root, reps=REPS, seed=0)
+    return root, written, report, before
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def group(report: dict, env: str, balancer: str) -> dict:
+    (match,) = [g for g in report["groups"] if (g["env"], g["balancer"]) == (env, balancer)]
+    return match
+
+
+def expected(written: dict, env: str, balancer: str, seeds) -> dict[str, np.ndarray]:
+    final = np.array([np.mean(written[(env, balancer, s)][STEPS]) for s in seeds])
+    best = np.array([max(np.mean(v) for v in written[(env, balancer, s)].values()) for s in seeds])
+    per_task = np.array([written[(env, balancer, s)][STEPS] for s in seeds]).mean(axis=0)
+    return {"final": final, "best": best, "per_task": per_task}
+
+
+# ----- numbers --------------------------------------------------------------------------------
+@pytest.mark.parametrize("balancer, seeds", [("famo", range(5)), ("mtsac", range(3))])
+def test_means_match_the_values_written(sweep, balancer, seeds):
+    _, written, report, _ = sweep
+    row, want = group(report, "custom", balancer), expected(written, "custom", balancer, seeds)
+    assert row["seeds_complete"] == list(seeds) and row["n_complete"] == len(seeds)
+    assert row["final_success"]["point"] == pytest.approx(want["final"].mean(), abs=1e-6)
+    assert row["best_success"]["point"] == pytest.approx(want["best"].mean(), abs=1e-6)
+    assert row["final_success_per_task"] == pytest.approx(dict(zip(TASKS, want["per_task"])), abs=1e-6)
+    for name in ("final_success", "final_success_iqm", "best_success"):
+        low, high = row[name]["ci"]
+        assert low <= row[name]["point"] <= high
+    assert row["steps"] == [STEPS]
+
+
+def test_iqm_is_the_interquartile_mean_over_seeds(sweep):
+    _, written, report, _ = sweep
+    row = group(report, "custom", "famo")
+    final = expected(written, "custom", "famo", range(5))["final"]
+    assert len(final) >= 4 and np.ptp(final) > 0
+    assert row["final_success_iqm"]["point"] == pytest.approx(trim_mean(final, 0.25), abs=1e-6)
+    assert not row["final_success_iqm"]["degenerate"]
+    low, high = row["final_success"]["ci"]
+    assert low < high and final.min() - 1e-9 <= low and high <= final.max() + 1e-9
+
+
+def test_intervals_agree_with_an_independent_bootstrap(sweep):
+    """The CI of the mean over seeds is scipy's percentile bootstrap, up to resampling noise."""
+    from scipy.stats import bootstrap
+
+    _, written, report, _ = sweep
+    row = group(report, "custom", "famo")
+    final = expected(written, "custom", "famo", range(5))["final"]
+    reference = bootstrap((final,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95,
+                          rng=np.random.default_rng(1)).confidence_interval
+    width = reference.high - reference.low
+    assert width > 0.05
+    assert row["final_success"]["ci"] == [pytest.approx(reference.low, abs=0.1 * width),
+                                          pytest.approx(reference.high, abs=0.1 * width)]
+    curve = row["curve"]
+    last = curve["steps"].index(STEPS)
+    assert [curve["ci_low"][last], curve["ci_high"][last]] == pytest.approx(row["final_success"]["ci"], abs=0.1 * width)
+
+
+def test_single_seed_and_identical_seeds_give_degenerate_intervals(sweep):
+    _, _, report, _ = sweep
+    for balancer, seeds in (("cagrad", [0]), ("pcgrad", [0, 1])):
+        row = group(report, "mt1", balancer)
+        assert row["seeds_complete"] == seeds
+        for name in ("final_success", "final_success_iqm"):
+            assert row[name] == {"point": pytest.approx(0.5), "ci": [pytest.approx(0.5)] * 2, "degenerate": True}
+        assert row["best_success"]["point"] == pytest.approx(0.6) and row["best_success"]["degenerate"]
+
+
+def test_incomplete_run_is_listed_and_excluded(sweep):
+    root, written, report, _ = sweep
+    (entry,) = report["incomplete"]
+    assert (entry["env"], entry["balancer"], entry["seed"]) == ("custom", "mtsac", 3)
+    assert (entry["last_step"], entry["steps"], entry["complete"]) == (200, STEPS, False)
+    row = group(report, "custom", "mtsac")
+    assert (row["n_complete"], row["n_runs"], row["seeds_incomplete"]) == (3, 4, [3])
+    assert row["final_success"]["point"] == pytest.approx(expected(written, "custom", "mtsac", range(3))["final"].mean())
+    markdown = (root / REPORT_MD).read_text()
+    assert "3 of 4 seeds complete" in markdown and "200 / 300" in markdown
+
+
+def test_resumed_run_merges_files_and_keeps_the_last_value_of_a_repeated_step(sweep):
+    root, written, report, _ = sweep
+    run_dir = root / "requeued" / "job_17"
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2
+    series = read_scalars(run_dir)["eval/success_rate"]
+    want = written[("custom", "famo", 4)]
+    assert series.steps.tolist() == [100, 200, 300]
+    assert series.values.tolist() == pytest.approx([np.mean(want[s]) for s in (100, 200, 300)], abs=1e-6)
+    (record,) = [r for r in report["runs"] if r["run_dir"] == str(run_dir)]
+    assert (record["env"], record["balancer"], record["seed"], record["complete"]) == ("custom", "famo", 4, True)
+    assert len(report["runs"]) == 5 + 4 + 3  # the .hydra/config.yaml copy is no run
+    assert report["skipped"] == [] and report["warnings"] == []
+
+
+def test_trainer_style_resume_hides_what_the_interrupted_attempt_logged_after_its_checkpoint(tmp_path):
+    # Attempt 1 logged evals at 100 and 150, checkpointed at 100 and died; attempt 2 resumed with
+    # purge_step=101 (as the trainer does) and logged 200. TensorBoard drops step 150; so does the report.
+    write_config(tmp_path, "custom", "famo", 0, steps=200)
+    write_events(tmp_path, {100: [0.1, 0.1, 0.1], 150: [0.9, 0.9, 0.9]}, wall0=1000.0, order=0)
+    write_events(tmp_path, {200: [0.4, 0.4, 0.4]}, wall0=2000.0, order=1, purge_step=101)
+    series = read_scalars(tmp_path)["eval/success_rate"]
+    assert series.steps.tolist() == [100, 200] and series.values.tolist() == pytest.approx([0.1, 0.4])
+
+
+def test_curves_are_mean_over_seeds_at_common_steps(sweep):
+    _, written, report, _ = sweep
+    curve = group(report, "custom", "famo")["curve"]
+    assert curve["steps"] == [100, 200, 300]
+    for i, step in enumerate(curve["steps"]):
+        values = [np.mean(written[("custom", "famo", s)][step]) for s in range(5)]
+        assert curve["mean"][i] == pytest.approx(np.mean(values), abs=1e-6)
+        assert min(values) - 1e-9 <= curve["ci_low"][i] <= curve["mean"][i] <= curve["ci_high"][i] <= max(values) + 1e-9
+
+
+# ----- files ----------------------------------------------------------------------------------
+def test_markdown_has_one_row_per_env_and_balancer_with_the_json_numbers(sweep):
+    root, _, report, _ = sweep
+    markdown = (root / REPORT_MD).read_text()
+    lines = markdown.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("| env | balancer |"))) + 2
+    rows = lines[start:lines.index("", start)]  # the main table, up to its blank line
+    assert [tuple(c.strip() for c in row.split("|")[1:3]) for row in rows] == [
+        ("custom", "famo"), ("custom", "mtsac"), ("mt1", "cagrad"), ("mt1", "pcgrad")]
+    famo = group(report, "custom", "famo")
+    low, high = famo["final_success"]["ci"]
+    assert f"{100 * famo['final_success']['point']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in rows[0]
+    assert "50.0 [50.0, 50.0] (degenerate)" in rows[2]
+    assert "## Final success per task: custom" in markdown
+    per_task_row = next(line for line in markdown.splitlines() if line.startswith("| famo |"))
+    for task in TASKS:
+        assert f"{100 * famo['final_success_per_task'][task]:.1f}" in per_task_row
+    assert json.loads((root / REPORT_JSON).read_text()) == report
+
+
+def test_png_is_written_and_nothing_else_changes(sweep):
+    root, _, _, before = sweep
+    assert (root / CURVES_PNG).read_bytes()[:8] == PNG_MAGIC
+    after = snapshot(root)
+    assert set(after) - set(before) == {REPORT_MD, REPORT_JSON, CURVES_PNG}
+    assert {k: after[k] for k in before} == before
+
+
+def run_report(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "mtrl_famo.report", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_writes_into_out_dir(sweep, tmp_path):
+    root, _, report, _ = sweep
+    result = run_report(str(root), "--out", str(tmp_path / "out"), "--reps", str(REPS), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out" / REPORT_JSON).read_text())["groups"] == report["groups"]
+    assert (tmp_path / "out" / CURVES_PNG).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("case", ["missing", "empty"])
+def test_cli_bad_sweep_dir_exits_2_with_one_sentence(tmp_path, case):
+    target = tmp_path / "nope"
+    if case == "empty":
+        target.mkdir()
+        (target / "notes.txt").write_text("no runs here\n")
+    result = run_report(str(target), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(target) in lines[0] and "Traceback" not in result.stderr
+    assert "expected" in lines[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == (["nope", "notes.txt"] if case == "empty" else [])
+
+
+def test_compute_report_refuses_a_sweep_without_runs(tmp_path):
+    with pytest.raises(ReportError, match="No runs found"):
+        compute_report(tmp_path)
+
+
+# ----- a real tiny sweep through the training CLI ---------------------------------------------
+def tb_eval(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"] if tag.startswith("eval/success_rate")}
+
+
+def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
+    sweep_dir = tmp_path / "multirun"
+    result = run_cli("-m", *TINY_RUN, "balancer=mtsac", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = build_report(sweep_dir, reps=REPS)
+    row = group(report, "custom", "mtsac")
+    assert row["seeds_complete"] == [0, 1] and report["incomplete"] == []
+    data = [tb_eval(sweep_dir / "custom" / "mtsac" / f"seed={seed}") for seed in (0, 1)]
+    final = [d["eval/success_rate"][-1] for d in data]
+    assert [step for step, _ in final] == [120, 120]
+    assert row["final_success"]["point"] == pytest.approx(np.mean([v for _, v in final]))
+    assert row["best_success"]["point"] == pytest.approx(np.mean([max(v for _, v in d["eval/success_rate"]) for d in data]))
+    for task in ("reach-v3", "push-v3"):
+        want = np.mean([d[f"eval/success_rate/{task}"][-1][1] for d in data])
+        assert row["final_success_per_task"][task] == pytest.approx(want)
+    assert row["curve"]["steps"] == [60, 120]
+
+
+@pytest.mark.parametrize("last_step, marker, complete", [
+    (300, {"steps": 300, "complete": True}, True),
+    (300, None, True),  # final eval logged, marker not yet written: the data is all there
+    (200, None, False),
+    (None, None, False),
+    (120, {"steps": 120, "complete": True}, False),  # marker of an earlier, shorter request: stale
+    (300, {"steps": 300, "complete": False}, False),
+])
+def test_completion_prefers_a_current_marker_and_needs_the_final_eval(last_step, marker, complete):
+    assert completion(last_step, 300, marker)[0] is complete
+
+
+def test_unreadable_run_is_listed_not_dropped(sweep, tmp_path):
+    root, _, _, _ = sweep
+    shutil.copytree(root / "mt1" / "cagrad" / "seed=0", tmp_path / "good")
+    shutil.copytree(root / "mt1" / "cagrad" / "seed=0", tmp_path / "broken")
+    (tmp_path / "broken" / "config.yaml").write_text("env: [\n")
+    report = compute_report(tmp_path, reps=REPS)
+    assert [s["run_dir"] for s in report["skipped"]] == [str(tmp_path / "broken")]
+    assert [r["run_dir"] for r in report["runs"]] == [str(tmp_path / "good")]
+    shutil.rmtree(tmp_path / "good")
+    with pytest.raises(ReportError, match="could be read"):
+        compute_report(tmp_path)
