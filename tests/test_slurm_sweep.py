@@ -134,6 +134,30 @@ def test_sweep_runs_land_in_deterministic_dirs(sweep: Path) -> None:
         assert f"eval/success_rate/reach-v3" in data and "loss/critic" in data
 
 
+def test_report_of_the_sweep_matches_its_event_files(sweep: Path, tmp_path: Path) -> None:
+    """`python -m mtrl_famo.report` on the Slurm sweep: one row per balancer, numbers from the events."""
+    from mtrl_famo.report import CURVES_PNG, REPORT_JSON, REPORT_MD
+
+    result = subprocess.run([sys.executable, "-m", "mtrl_famo.report", str(sweep), "--out", str(tmp_path), "--reps", "500"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / REPORT_JSON).read_text())
+    assert [(g["env"], g["balancer"], g["n_complete"]) for g in report["groups"]] == [("custom", "famo", 2), ("custom", "mtsac", 2)]
+    assert report["incomplete"] == [] and report["skipped"] == []
+    for group in report["groups"]:
+        finals, bests = [], []
+        for seed in (0, 1):
+            success = scalars(sweep / "custom" / group["balancer"] / f"seed={seed}")["eval/success_rate"]
+            finals.append(success[-1][1])
+            bests.append(max(value for _, value in success))
+        assert group["final_success"]["point"] == pytest.approx(sum(finals) / 2)
+        assert group["best_success"]["point"] == pytest.approx(sum(bests) / 2)
+        assert group["curve"]["steps"] == list(range(80, STEPS + 1, 80))
+    rows = [line for line in (tmp_path / REPORT_MD).read_text().splitlines() if line.startswith("| custom |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["famo", "mtsac"]
+    assert (tmp_path / CURVES_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize("interrupt", ["scontrol-requeue", "usr2-signal"])
 def test_requeued_job_resumes_and_matches_uninterrupted(sweep: Path, tmp_path: Path, interrupt: str) -> None:
     """Interrupted mid-run, re-queued by Slurm, resumed from the checkpoint: same numbers, no duplicates."""
