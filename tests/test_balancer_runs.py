@@ -20,7 +20,7 @@ def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("balancer", ["mtsac", "pcgrad", "cagrad"])
+@pytest.mark.parametrize("balancer", ["mtsac", "famo", "pcgrad", "cagrad"])
 def test_balancer_trains_through_cli(balancer: str, tmp_path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(*TINY_RUN, f"balancer={balancer}", f"run_dir={run_dir}")
@@ -47,6 +47,11 @@ def test_balancer_trains_through_cli(balancer: str, tmp_path) -> None:
     weight_tags = [tag for tag in scalars if tag.startswith("balancer/weight/")]
     if gradient_method:
         assert not weight_tags
-    else:  # MT-SAC is the constant-weight member of the loss-weighting family: 1/K each
+    elif balancer == "mtsac":  # the constant-weight member of the loss-weighting family: 1/K each
         assert sorted(weight_tags) == sorted(f"balancer/weight/{task}" for task in TASKS)
         assert all(value == pytest.approx(0.5) for tag in weight_tags for _, value in scalars[tag])
+    else:  # FAMO on the critic (its default): weights on the simplex, moved away from uniform
+        assert sorted(weight_tags) == sorted(f"balancer/weight/{task}" for task in TASKS)
+        first, second = ([value for _, value in scalars[f"balancer/weight/{task}"]] for task in TASKS)
+        assert all(a + b == pytest.approx(1.0, abs=1e-5) and a > 0 and b > 0 for a, b in zip(first, second))
+        assert any(abs(a - 0.5) > 1e-4 for a in first)
