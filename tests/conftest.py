@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from envs import EnvSpec, build_env
 
@@ -45,3 +46,19 @@ def run_cli(*overrides: str, cwd: Path | None = None, timeout: float = 600) -> s
         [sys.executable, "-m", "mtrl_famo.train", *overrides],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+# Tags that two runs with the same seed must log identically on CPU (perf/ is wall-clock time).
+DETERMINISTIC_TAGS = ("loss/", "eval/", "alpha/", "train/", "balancer/")
+
+
+def tb_scalars(run_dir: Path, prefixes: tuple[str, ...] = ("",)) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of a run dir whose tag starts with one of `prefixes`, as (step, value) pairs, read
+    back with TensorBoard's own reader (every event file of the directory)."""
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+        if tag.startswith(prefixes)
+    }

@@ -6,18 +6,12 @@ import json
 import math
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_RUN, run_cli
+from conftest import TINY_RUN, run_cli, tb_scalars
 
 TASKS = ("reach-v3", "push-v3")
 CONFLICT_TAGS = ("grad_cosine_min", "grad_cosine_mean", "grad_conflicting_pairs")
 
-
-def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
 @pytest.mark.parametrize("balancer", ["mtsac", "famo", "pcgrad", "cagrad"])
@@ -28,7 +22,7 @@ def test_balancer_trains_through_cli(balancer: str, tmp_path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["complete"] and summary["env_steps"] == 120
 
-    scalars = read_scalars(run_dir)
+    scalars = tb_scalars(run_dir)
     for tag in ("loss/critic", "loss/actor", "loss/alpha"):
         values = [value for _, value in scalars[tag]]
         assert values and all(math.isfinite(v) for v in values), tag

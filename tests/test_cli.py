@@ -5,15 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_RUN, run_cli
+from conftest import TINY_RUN, run_cli, tb_scalars
 
-
-def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +20,7 @@ def tiny_run(tmp_path_factory):
 
 def test_run_writes_tensorboard_with_success_tags(tiny_run):
     run_dir, _ = tiny_run
-    data = scalars(run_dir)
+    data = tb_scalars(run_dir)
     assert [step for step, _ in data["eval/success_rate"]] == [60, 120]
     for task in ("reach-v3", "push-v3"):
         assert [step for step, _ in data[f"eval/success_rate/{task}"]] == [60, 120]
@@ -58,7 +52,7 @@ def test_same_seed_same_losses(tiny_run, tmp_path):
     again = tmp_path / "again"
     result = run_cli(*TINY_RUN, "balancer=famo", "seed=3", f"run_dir={again}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    first, second = scalars(run_dir), scalars(again)
+    first, second = tb_scalars(run_dir), tb_scalars(again)
     for tag in ("loss/critic", "loss/actor", "eval/return"):
         assert first[tag] == second[tag], tag
 

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from scipy.stats import trim_mean
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import TINY_RUN, run_cli
+from conftest import TINY_RUN, run_cli, tb_scalars
 from mtrl_famo.report import (CURVES_PNG, REPORT_JSON, REPORT_MD, ReportError, build_report, completion, compute_report,
                                read_scalars)
 
@@ -302,12 +301,6 @@ def test_compute_report_refuses_a_sweep_without_runs(tmp_path):
 
 
 # ----- a real tiny sweep through the training CLI ---------------------------------------------
-def tb_eval(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
-            for tag in accumulator.Tags()["scalars"] if tag.startswith("eval/success_rate")}
-
 
 def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
     sweep_dir = tmp_path / "multirun"
@@ -316,7 +309,7 @@ def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
     report = build_report(sweep_dir, reps=REPS)
     row = group(report, "custom", "mtsac")
     assert row["seeds_complete"] == [0, 1] and report["incomplete"] == []
-    data = [tb_eval(sweep_dir / "custom" / "mtsac" / f"seed={seed}") for seed in (0, 1)]
+    data = [tb_scalars(sweep_dir / "custom" / "mtsac" / f"seed={seed}", ("eval/success_rate",)) for seed in (0, 1)]
     final = [d["eval/success_rate"][-1] for d in data]
     assert [step for step, _ in final] == [120, 120]
     assert row["final_success"]["point"] == pytest.approx(np.mean([v for _, v in final]))

@@ -13,25 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtrl_famo import checkpoint
-from conftest import TINY_RUN, run_cli
+from conftest import DETERMINISTIC_TAGS, TINY_RUN, run_cli, tb_scalars
 
 # 40-step episodes, checkpoints at every episode end: interruptions land between checkpoints.
 RESUME_RUN = [*TINY_RUN, "steps=240", "checkpoint.every=40", "log.every=10"]
-COMPARED_PREFIXES = ("loss/", "eval/", "alpha/", "train/", "balancer/")
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every compared scalar as (step, value) pairs, read back with TensorBoard's own reader."""
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {
-        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        for tag in accumulator.Tags()["scalars"]
-        if tag.startswith(COMPARED_PREFIXES)
-    }
 
 
 def start_cli(*overrides: str) -> subprocess.Popen:
@@ -53,7 +40,7 @@ def checkpoint_step(run_dir: Path, name: str = checkpoint.LATEST) -> int:
 
 
 def assert_same_run(reference: Path, resumed: Path) -> None:
-    expected, got = scalars(reference), scalars(resumed)
+    expected, got = tb_scalars(reference, DETERMINISTIC_TAGS), tb_scalars(resumed, DETERMINISTIC_TAGS)
     assert set(got) == set(expected)
     for tag, points in got.items():
         steps = [step for step, _ in points]
@@ -109,11 +96,11 @@ def test_kill9_and_corrupted_newest_checkpoint_fall_back_and_still_match(referen
 
 
 def test_finished_run_relaunched_stays_finished(reference_run: Path, tmp_path: Path) -> None:
-    before = scalars(reference_run)
+    before = tb_scalars(reference_run, DETERMINISTIC_TAGS)
     result = run_cli(*RESUME_RUN, "balancer=famo", f"run_dir={reference_run}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: 240 steps per task" in result.stdout
-    assert scalars(reference_run) == before
+    assert tb_scalars(reference_run, DETERMINISTIC_TAGS) == before
 
 
 def test_checkpoint_of_another_config_is_refused_and_nothing_overwritten(reference_run: Path) -> None:

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, TINY_RUN
+from conftest import DETERMINISTIC_TAGS, REPO, TINY_RUN, tb_scalars
 
 STEPS = 400
 SWEEP_RUN = [
@@ -70,15 +69,10 @@ def finish(process: subprocess.Popen) -> str:
     return output
 
 
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {
-        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        for tag in accumulator.Tags()["scalars"]
-        if not tag.startswith("perf/")  # wall-clock figures differ between any two runs
-    }
 
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    return tb_scalars(run_dir, DETERMINISTIC_TAGS)
 
 def assert_complete_run(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     summary = json.loads((run_dir / "summary.json").read_text())
