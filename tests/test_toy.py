@@ -1,0 +1,179 @@
+"""The CAGrad/FAMO two-task toy (scripts/toy.py): the project's balancers against the papers' claims.
+
+What "reached the Pareto front" means here (`on_front`): the final loss vector lies within
+FRONT_TOL of the traced front AND the Pareto-stationarity gap is below GAP_TOL. Both are needed:
+at (9, 9) the gap is already 0.007 because the surface is flat there, yet the losses are 7.6 away
+from the front. Observed with Adam(lr=1e-3) on x: after arrival the runs jitter at distance
+<= 5e-5 and gap <= 3e-4 (200x and 7x below the thresholds); stalled runs stay far above both
+(mean loss in FAMO's setup: distance >= 2.6, gap ~0.03; in CAGrad's setup: distance ~20, gap ~1;
+CAGrad c=0.4 from (9, 9) in FAMO's setup at 50k steps: distance ~2.1, gap ~0.2).
+
+Step budgets: fewer than the papers' where the claim holds (the runs are deterministic). FAMO meets
+the criterion for good from all five starts of its paper by step ~21k of 50k (25k used). CAGrad
+from the two top starts of its paper needs 61k-67k of 100k (80k used): they first wander in a log
+valley, and tiny rounding differences moved that arrival by several thousand steps while this was
+written; the third start arrives by ~8.5k (15k used). Mean loss is compared on the same budgets.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+FRONT_TOL = 1e-2  # loss-space distance to the front
+GAP_TOL = 2e-3  # min-norm of a convex combination of the two task gradients
+FAMO_STEPS = 25_000  # FAMO paper: 50,000
+CAGRAD_STEPS = 80_000  # CAGrad paper: 100,000
+# CAGrad from (-8.5, -5) arrives by ~8.5k; once it sits at the balanced point (g0 ~ 0) each dual
+# solve of the project's CAGrad is ~20x slower, so that start gets a shorter (still sufficient) run.
+CAGRAD_STEPS_LOW_START = 15_000
+
+
+def _load_toy():
+    spec = importlib.util.spec_from_file_location("toy", REPO / "scripts" / "toy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["toy"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+toy = _load_toy()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """2-element tensors: extra threads only add overhead on the shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fronts() -> dict[float, np.ndarray]:
+    return {scale: toy.pareto_front(scale)[1] for scale in (1.0, 0.1)}
+
+
+def front_distance(x: np.ndarray, scale: float, front: np.ndarray) -> float:
+    return float(toy.front_distance(toy.losses_and_jacobian(np.asarray(x, np.float64), scale)[0], front))
+
+
+def on_front(x: np.ndarray, scale: float, front: np.ndarray) -> bool:
+    return front_distance(x, scale, front) < FRONT_TOL and toy.pareto_gap(x, scale) < GAP_TOL
+
+
+def run_setup(balancer: str, setup_name: str, steps: int, starts=None) -> np.ndarray:
+    setup = toy.SETUPS[setup_name]
+    starts = setup.starts if starts is None else starts
+    return toy.run_batch(balancer, starts, steps, setup.scale, setup.lr, toy.options_for(balancer, setup))
+
+
+def test_closed_form_jacobian_matches_autograd():
+    """The fast numpy losses/Jacobian used for the runs equal autograd through `losses`, kinks included."""
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.uniform(-10, 10, (500, 2)), [[0.0, 0.0], [9.0, 9.0], [-8.5, 7.5], [9.0, -1.0]]])
+    for scale in (1.0, 0.1):
+        values, jacobian = toy.losses_and_jacobian(points, scale)
+        reference_values, reference_jacobian = toy.task_gradients(points, scale)
+        np.testing.assert_allclose(values, reference_values.numpy(), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(jacobian, reference_jacobian.numpy(), rtol=1e-8, atol=1e-10)
+
+
+def test_pareto_gap_vanishes_on_the_traced_front_only(fronts):
+    """The front from scalarisation is Pareto-stationary; points away from it are not."""
+    for scale in (1.0, 0.1):
+        xs, front_losses = toy.pareto_front(scale, num=51)
+        assert np.max(toy.pareto_gap(xs, scale)) < 1e-6
+        assert front_losses[:, 0].min() == pytest.approx(-20.0 * scale, abs=0.02 * scale)  # task 1's own minimum
+        assert front_losses[:, 1].min() == pytest.approx(-20.0, abs=0.02)
+        for x in ([0.0, -6.0], [0.0, -10.0], [-8.5, -5.0], [0.0, 0.0]):
+            assert not on_front(np.array(x), scale, fronts[scale])
+    # the closed form agrees with a brute-force minimisation over the simplex
+    g = torch.tensor([[[1.0, 0.5], [-0.8, 0.3]]], dtype=torch.float64)
+    weights = torch.linspace(0, 1, 100001, dtype=torch.float64)[:, None]
+    brute = (weights * g[0, 0] + (1 - weights) * g[0, 1]).norm(dim=-1).min()
+    assert float(toy.min_norm(g)[0]) == pytest.approx(float(brute), abs=1e-9)
+
+
+def test_famo_reaches_the_front_from_every_start_of_its_paper(fronts):
+    """FAMO paper toy (L1 scaled by 0.1, five starts): FAMO reaches the Pareto front from all of them."""
+    setup = toy.SETUPS["famo"]
+    trajectories = run_setup("famo", "famo", FAMO_STEPS)
+    for start, trajectory in zip(setup.starts, trajectories):
+        assert not on_front(trajectory[0], setup.scale, fronts[setup.scale]), start  # the criterion is not vacuous
+        final = trajectory[-1]
+        distance, gap = front_distance(final, setup.scale, fronts[setup.scale]), toy.pareto_gap(final, setup.scale)
+        assert distance < FRONT_TOL and gap < GAP_TOL, f"famo from {start}: front distance {distance:.3g}, gap {gap:.3g}"
+
+
+def test_cagrad_reaches_the_front_from_every_start_of_its_paper(fronts):
+    """CAGrad paper toy (three starts, c=0.5): CAGrad reaches the Pareto front from all of them."""
+    setup = toy.SETUPS["cagrad"]
+    top = [(-8.5, 7.5), (9.0, 9.0)]
+    low = [start for start in setup.starts if start not in top]
+    assert low == [(-8.5, -5.0)]
+    finals = []
+    for starts, steps in ((top, CAGRAD_STEPS), (low, CAGRAD_STEPS_LOW_START)):
+        for start, trajectory in zip(starts, run_setup("cagrad", "cagrad", steps, starts=starts)):
+            assert not on_front(trajectory[0], setup.scale, fronts[setup.scale]), start
+            final = trajectory[-1]
+            distance, gap = front_distance(final, setup.scale, fronts[setup.scale]), toy.pareto_gap(final, setup.scale)
+            assert distance < FRONT_TOL and gap < GAP_TOL, f"cagrad from {start}: front distance {distance:.3g}, gap {gap:.3g}"
+            finals.append(final)
+    # CAGrad's trade-off (c < 1): all runs end at the mean loss's minimiser x = (0, -8.36), where L1 = L2
+    np.testing.assert_allclose(np.array(finals)[:, 0], 0.0, atol=0.05)
+
+
+def test_mean_loss_stalls_from_the_top_right_start_in_famo_setup(fronts):
+    """FAMO paper: "ADAM fails in 1 out of 5 runs" -- mean loss from (9, 9) stays off the front for
+    the whole budget in which FAMO reaches it (test above), stuck in the x2 > 0 region."""
+    setup = toy.SETUPS["famo"]
+    trajectory = run_setup("mtsac", "famo", FAMO_STEPS, starts=[(9.0, 9.0)])[0]
+    sampled = toy.losses_and_jacobian(trajectory[::500].astype(np.float64), setup.scale)[0]
+    distances = toy.front_distance(sampled, fronts[setup.scale])
+    assert distances[len(distances) // 5 :].min() > 1.0  # never close after the first fifth (observed >= 2.6)
+    final = trajectory[-1]
+    assert final[1] > 0.0  # the front lies at x2 ~ -8.36
+    assert toy.pareto_gap(final, setup.scale) > 5 * GAP_TOL  # not even Pareto-stationary (observed ~0.03)
+
+
+def test_mean_loss_stalls_from_both_top_starts_in_cagrad_setup(fronts):
+    """CAGrad paper Fig. 1: mean-loss Adam from (-8.5, 7.5) and (9, 9) never reaches the front,
+    over the budget in which CAGrad (test above) reaches it from the same starts."""
+    setup = toy.SETUPS["cagrad"]
+    trajectories = run_setup("mtsac", "cagrad", CAGRAD_STEPS, starts=[(-8.5, 7.5), (9.0, 9.0)])
+    for trajectory in trajectories:
+        sampled = toy.losses_and_jacobian(trajectory[::500].astype(np.float64), setup.scale)[0]
+        distances = toy.front_distance(sampled, fronts[setup.scale])
+        assert distances[len(distances) // 10 :].min() > 10.0  # observed >= 19 after 5k steps
+        final = trajectory[-1]
+        assert final[1] > 0.0
+        assert toy.pareto_gap(final, setup.scale) > 50 * GAP_TOL  # observed ~1
+
+
+def test_main_writes_png_and_one_row_per_run(tmp_path, capsys):
+    out = tmp_path / "figs" / "toy.png"
+    assert toy.main(["--steps", "30", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 20_000
+    assert not [p for p in out.parent.iterdir() if p.name != "toy.png"]  # no temporary file left behind
+    rows = [line.split() for line in stdout.splitlines() if line.split()[:1] in (["cagrad"], ["famo"])]
+    expected = {(s, b) for s, setup in toy.SETUPS.items() for b in toy.balancers.NAMES for _ in setup.starts}
+    assert len(rows) == sum(len(setup.starts) * len(toy.balancers.NAMES) for setup in toy.SETUPS.values())
+    assert {(row[0], row[1]) for row in rows} == expected
+
+
+def test_main_rejects_bad_balancer_in_one_sentence(tmp_path, capsys):
+    out = tmp_path / "toy.png"
+    assert toy.main(["--balancers", "famo,nope", "--out", str(out), "--steps", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: Unknown balancer 'nope'; choose one of mtsac, famo, pcgrad, cagrad."]
+    assert not out.exists()
