@@ -64,25 +64,30 @@ class FAMO(LossWeighting):
     def needs_losses_after_step(self) -> bool:
         return True
 
-    def _shifted(self, losses: torch.Tensor) -> torch.Tensor:
-        """`l - b + eps`, refusing non-positive values (their log is undefined)."""
-        shifted = losses - self.min_losses + self.eps
-        if bool((shifted <= 0).any()):
+    def _shifted(self, *losses: torch.Tensor) -> list[torch.Tensor]:
+        """`l - b + eps` of each loss vector, refusing non-positive values (their log is undefined).
+
+        One check for all vectors: on a GPU each check waits for the device, so it runs once per call.
+        """
+        shifted = [loss - self.min_losses + self.eps for loss in losses]
+        if bool(torch.stack(shifted).le(0).any()):
+            bad = next(loss for loss, s in zip(losses, shifted) if bool(s.le(0).any()))
             raise ValueError(
-                f"FAMO needs every loss above its min_losses bound, got losses {losses.detach().tolist()} "
+                f"FAMO needs every loss above its min_losses bound, got losses {bad.detach().tolist()} "
                 f"with min_losses {self.min_losses.tolist()}; apply FAMO to the critic only, or lower min_losses."
             )
         return shifted
 
     def weighted_loss(self, losses: torch.Tensor) -> torch.Tensor:
         z = self.weights()
-        shifted = self._shifted(losses)
+        (shifted,) = self._shifted(losses)
         c = 1.0 / (z / shifted.detach()).sum()
         return c * (z * shifted.log()).sum()
 
     def update(self, losses_before: torch.Tensor, losses_after: torch.Tensor) -> None:
         # In the logits' dtype: float64 (or bf16) losses must not break the float32 logits' update.
-        delta = (self._shifted(losses_before).log() - self._shifted(losses_after).log()).detach().to(self.logits)
+        before, after = self._shifted(losses_before, losses_after)
+        delta = (before.log() - after.log()).detach().to(self.logits)
         z = self.weights()
         # softmax Jacobian (diag(z) - z z^T) applied to delta.
         self.logits.grad = z * (delta - (z * delta).sum())
