@@ -34,12 +34,10 @@ import numpy as np
 from scipy import stats
 
 from mtrl_famo.atomic import atomic_output, write_text_atomic
+from mtrl_famo.run_files import CONFIG_FILE, EVAL_SUCCESS_TAG, SUMMARY_FILE
 
-CONFIG_FILE = "config.yaml"  # as mtrl_famo.trainer.CONFIG_FILE (not imported: that pulls in torch and Metaworld)
-SUMMARY_FILE = "summary.json"  # as mtrl_famo.trainer.SUMMARY_FILE: written only when a run finishes
-EVENTS_GLOB = "events.out.tfevents.*"
-MEAN_TAG = "eval/success_rate"
-TASK_PREFIX = "eval/success_rate/"
+EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard event files
+TASK_PREFIX = f"{EVAL_SUCCESS_TAG}/"
 REPORT_MD, REPORT_JSON, CURVES_PNG = "report.md", "report.json", "success_curves.png"
 CONFIDENCE = 0.95
 DEFAULT_REPS = 2000
@@ -132,7 +130,7 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(sweep_dir):
         dirs.sort()
-        if CONFIG_FILE in files and any(name.startswith("events.out.tfevents.") for name in files):
+        if CONFIG_FILE in files and any(name.startswith(EVENTS_PREFIX) for name in files):
             found.append(Path(root))
     return found
 
@@ -205,9 +203,9 @@ def completion(last_step: int | None, requested: int, marker: dict[str, Any] | N
 def load_run(run_dir: Path) -> RunRecord:
     """Read one run's config, completion marker and eval success scalars."""
     env, balancer, seed, steps = read_config(run_dir)
-    scalars = read_scalars(run_dir, lambda tag: tag == MEAN_TAG or tag.startswith(TASK_PREFIX))
+    scalars = read_scalars(run_dir, lambda tag: tag == EVAL_SUCCESS_TAG or tag.startswith(TASK_PREFIX))
     empty = Series(np.zeros(0, dtype=np.int64), np.zeros(0))
-    success = scalars.pop(MEAN_TAG, empty)
+    success = scalars.pop(EVAL_SUCCESS_TAG, empty)
     tasks = {tag.removeprefix(TASK_PREFIX): series for tag, series in scalars.items()}
     last = int(success.steps[-1]) if success.steps.size else None
     complete, reason = completion(last, steps, read_marker(run_dir))
@@ -357,7 +355,7 @@ def compute_report(sweep_dir: Path | str, reps: int = DEFAULT_REPS, seed: int = 
                           f"trainer's {CONFIG_FILE} and TensorBoard event files.")
     if not runs:
         raise ReportError(f"No runs found under {sweep_dir}; expected directories holding a {CONFIG_FILE} and "
-                          f"TensorBoard event files (events.out.tfevents.*).")
+                          f"TensorBoard event files ({EVENTS_PREFIX}*).")
     runs.sort(key=lambda run: (run.env, run.balancer, run.seed, str(run.run_dir)))
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for run in runs:

@@ -8,6 +8,7 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
 from envs.evaluation import EvalResult
+from mtrl_famo.run_files import EVAL_SUCCESS_TAG
 
 
 class TBLogger:
@@ -25,9 +26,9 @@ class TBLogger:
             self.scalar(f"{prefix}/{name}", value, step)
 
     def evaluation(self, result: EvalResult, step: int) -> None:
-        self.scalar("eval/success_rate", result.mean_success_rate, step)
+        self.scalar(EVAL_SUCCESS_TAG, result.mean_success_rate, step)
         self.scalar("eval/return", float(result.mean_return.mean()), step)
-        self.per_task("eval/success_rate", result.success_rate, step)
+        self.per_task(EVAL_SUCCESS_TAG, result.success_rate, step)
         self.per_task("eval/return", result.mean_return, step)
 
     def flush(self) -> None:

@@ -25,11 +25,10 @@ from mtrl_famo.config import TrainConfig
 from mtrl_famo.learner import BALANCED_LOSSES, SACLearner, UpdateResult
 from mtrl_famo.preemption import PreemptionGuard
 from mtrl_famo.replay import TaskReplay
+from mtrl_famo.run_files import CONFIG_FILE, SUMMARY_FILE
 from mtrl_famo.seeding import resolve_device, seed_everything
 from mtrl_famo.tb_logger import TBLogger
 
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"
 # Options that may change between a checkpoint and its resumption without changing the run.
 RESUMABLE_CHANGES = ("steps", "progress", "device", "run_dir", "checkpoint_every")
 
