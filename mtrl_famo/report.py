@@ -320,12 +320,9 @@ def summarise_group(env: str, balancer: str, runs: Sequence[RunRecord], reps: in
     }
 
 
-def consistency_warnings(runs: Sequence[RunRecord]) -> list[str]:
+def consistency_warnings(groups: dict[tuple[str, str], list[RunRecord]]) -> list[str]:
     """Things that make a group's seeds not comparable: said aloud, not averaged over silently."""
     warnings = []
-    groups: dict[tuple[str, str], list[RunRecord]] = {}
-    for run in runs:
-        groups.setdefault((run.env, run.balancer), []).append(run)
     for (env, balancer), members in sorted(groups.items()):
         seeds = [run.seed for run in members]
         for seed in sorted({s for s in seeds if seeds.count(s) > 1}):
@@ -370,7 +367,7 @@ def compute_report(sweep_dir: Path | str, reps: int = DEFAULT_REPS, seed: int = 
         "incomplete": [_run_json(run) for run in runs if not run.complete],
         "runs": [_run_json(run) for run in runs],
         "skipped": [{"run_dir": str(s.run_dir), "reason": s.reason} for s in skipped],
-        "warnings": consistency_warnings(runs),
+        "warnings": consistency_warnings(groups),
     }
 
 
