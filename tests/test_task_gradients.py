@@ -74,14 +74,20 @@ def clear_grads(agent: nn.Module) -> None:
         p.grad = None
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("case", list(CASES))
-def test_per_task_gradients_equal_k_autograd_calls(case: str, dtype: torch.dtype) -> None:
+def prepare(case: str, dtype: torch.dtype = torch.float64):
+    """Loss function, tiny agent, task-grouped data, the loss's parameter group, and the brute-force
+    per-task gradients (`expected[k][name]`) for one CASES entry."""
     loss_fn, make_data, prefix = CASES[case]
     agent = tiny_agent(dtype)
     data = make_data(dtype)
     params = group(agent, prefix)
-    expected = brute_force(agent, loss_fn, data, params)
+    return loss_fn, agent, data, params, brute_force(agent, loss_fn, data, params)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", list(CASES))
+def test_per_task_gradients_equal_k_autograd_calls(case: str, dtype: torch.dtype) -> None:
+    loss_fn, agent, data, params, expected = prepare(case, dtype)
 
     losses, aux, grads = per_task_gradients(agent, loss_fn, data, set(params))
 
@@ -130,11 +136,7 @@ class FixedMix(GradientManipulation):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_balanced_backward_routes_shared_and_head_gradients(case: str) -> None:
-    loss_fn, make_data, prefix = CASES[case]
-    agent = tiny_agent()
-    data = make_data(torch.float64)
-    params = group(agent, prefix)
-    expected = brute_force(agent, loss_fn, data, params)
+    loss_fn, agent, data, params, expected = prepare(case)
     balancer = FixedMix(K)
 
     result = balanced_backward(agent, loss_fn, data, params, balancer)
@@ -153,7 +155,7 @@ def test_balanced_backward_routes_shared_and_head_gradients(case: str) -> None:
     torch.testing.assert_close(balancer.seen @ balancer.seen.T, reference @ reference.T, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(result.shared_grads, balancer.seen)
     torch.testing.assert_close(result.losses, loss_fn(agent, *data)[0].detach())
-    other = "actor." if prefix == "critic." else "critic."
+    other = "actor." if case == "critic" else "critic."
     assert all(p.grad is None for p in group(agent, other).values())
     assert agent.log_alpha.grad is None
 
@@ -175,11 +177,7 @@ def unflat_shared(params: dict[str, nn.Parameter], vector: torch.Tensor) -> dict
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("name, options", [("pcgrad", {"seed": 5}), ("cagrad", {"c": 0.6, "rescale": 1})])
 def test_balanced_backward_shared_grad_is_combine_of_brute_force(case: str, name: str, options: dict) -> None:
-    loss_fn, make_data, prefix = CASES[case]
-    agent = tiny_agent()
-    data = make_data(torch.float64)
-    params = group(agent, prefix)
-    expected = brute_force(agent, loss_fn, data, params)
+    loss_fn, agent, data, params, expected = prepare(case)
     twin = make(name, K, **options)  # same seed / warm start: same random orders and same solve
     reference = torch.stack([flat_shared(params, expected[k]) for k in range(K)])
     want_shared = unflat_shared(params, twin.combine(reference))
@@ -193,11 +191,7 @@ def test_balanced_backward_shared_grad_is_combine_of_brute_force(case: str, name
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_balanced_backward_mtsac_is_gradient_of_mean_loss(case: str) -> None:
-    loss_fn, make_data, prefix = CASES[case]
-    agent = tiny_agent()
-    data = make_data(torch.float64)
-    params = group(agent, prefix)
-    expected = brute_force(agent, loss_fn, data, params)
+    loss_fn, agent, data, params, expected = prepare(case)
 
     result = balanced_backward(agent, loss_fn, data, params, make("mtsac", K))
 
