@@ -5,14 +5,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import torch
+
 from envs import EnvSpec, build_env
 
+# Tests use tiny networks: a second thread only adds overhead on these shared 2-core machines, and
+# CLI subprocesses run with OMP_NUM_THREADS=1 as well.
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parent.parent
+HOOKS = Path(__file__).resolve().parent / "hooks"
 
 # Small, fast settings for end-to-end runs through the CLI.
 TINY_RUN = [
@@ -32,6 +40,25 @@ TINY_RUN = [
 ]
 
 
+@pytest.fixture(scope="session")
+def tiny_cli_run(tmp_path_factory: pytest.TempPathFactory):
+    """`run_cli(*TINY_RUN, balancer=<name>)` from a fresh working directory with the default run_dir,
+    run once per balancer for the whole session (several test files check the same tiny run);
+    returns (working directory, completed process). The run lives in `runs/custom/<name>/seed=0`
+    under that directory; tests that read it take it from there, which checks the default too."""
+    runs: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
+
+    def get(balancer: str) -> tuple[Path, subprocess.CompletedProcess]:
+        if balancer not in runs:
+            cwd = tmp_path_factory.mktemp(f"tiny-{balancer}")
+            result = run_cli(*TINY_RUN, f"balancer={balancer}", cwd=cwd)
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[balancer] = cwd, result
+        return runs[balancer]
+
+    return get
+
+
 @pytest.fixture
 def two_task_env():
     env = build_env(EnvSpec(name="custom", tasks=("reach-v3", "push-v3"), max_episode_steps=3), seed=0)
@@ -39,13 +66,41 @@ def two_task_env():
     env.close()
 
 
+def cli_environment(pause_at: int | None = None, marker: Path | None = None) -> dict[str, str]:
+    """Environment of a CLI subprocess; with `pause_at`, tests/hooks holds the run after that step
+    until a signal reaches it (see tests/hooks/sitecustomize.py), writing `marker` when it gets there."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    if pause_at is not None:
+        assert marker is not None, "a paused run needs a marker file to announce the pause"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOKS), env.get("PYTHONPATH")]))
+        env["MTRL_FAMO_TEST_PAUSE_AT"] = str(pause_at)
+        env["MTRL_FAMO_TEST_PAUSE_MARKER"] = str(marker)
+    return env
+
+
 def run_cli(*overrides: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m mtrl_famo.train` as a user would, from a directory outside the repo."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "mtrl_famo.train", *overrides],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=cli_environment(), capture_output=True, text=True, timeout=timeout,
     )
+
+
+def start_cli(*overrides: str, pause_at: int, marker: Path) -> subprocess.Popen:
+    """Start the CLI in the background, held after step `pause_at` until the test signals it."""
+    return subprocess.Popen([sys.executable, "-m", "mtrl_famo.train", *overrides], env=cli_environment(pause_at, marker),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until `path` exists; fail at once if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            output = process.communicate()
+            pytest.fail(f"the run ended before {path.name} appeared: {(output[1] or output[0] or '')[-3000:]}")
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.02)
 
 
 # Tags that two runs with the same seed must log identically on CPU (perf/ is wall-clock time).
@@ -62,3 +117,16 @@ def tb_scalars(run_dir: Path, prefixes: tuple[str, ...] = ("",)) -> dict[str, li
         for tag in accumulator.Tags()["scalars"]
         if tag.startswith(prefixes)
     }
+
+
+def compose_config(*overrides: str):
+    """The validated TrainConfig the CLI would build from these overrides (for in-process runs)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from mtrl_famo.config import from_dict
+    from mtrl_famo.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return from_dict(OmegaConf.to_container(cfg, resolve=True))

@@ -1,13 +1,13 @@
-"""Checkpoint/resume: an interrupted CPU run, resumed, ends exactly like an uninterrupted one."""
+"""Checkpoint/resume: an interrupted CPU run, resumed, ends exactly like an uninterrupted one.
+
+Interrupted runs are held by tests/hooks at a step the test chooses until the test's signal has
+reached them, so where a run stops never depends on how fast this machine happens to be.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -15,24 +15,22 @@ import pytest
 import torch
 
 from mtrl_famo import checkpoint
-from conftest import DETERMINISTIC_TAGS, TINY_RUN, run_cli, tb_scalars
+from conftest import DETERMINISTIC_TAGS, TINY_RUN, compose_config, run_cli, start_cli, tb_scalars, wait_for
 
 # 40-step episodes, checkpoints at every episode end: interruptions land between checkpoints.
 RESUME_RUN = [*TINY_RUN, "steps=240", "checkpoint.every=40", "log.every=10"]
 
 
-def start_cli(*overrides: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "mtrl_famo.train", *overrides], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"run ended before {path.name} appeared: {process.communicate()[1][-2000:]}"
-        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
-        time.sleep(0.05)
+def interrupt_at(step: int, signum: signal.Signals, run_dir: Path, *overrides: str) -> str:
+    """Run the CLI, hold it right after `step`, send `signum`, wait for the end; returns stderr."""
+    marker = run_dir.parent / f"{run_dir.name}.paused"
+    process = start_cli(*RESUME_RUN, "balancer=famo", f"run_dir={run_dir}", *overrides, pause_at=step, marker=marker)
+    wait_for(marker, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=300)
+    expected = -signal.SIGKILL if signum == signal.SIGKILL else 128 + signum
+    assert process.returncode == expected, stderr[-3000:]
+    return stderr
 
 
 def checkpoint_step(run_dir: Path, name: str = checkpoint.LATEST) -> int:
@@ -62,14 +60,9 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(reference_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    process = start_cli(*RESUME_RUN, "balancer=famo", f"run_dir={run_dir}", "checkpoint.every=0")
-    wait_for(run_dir / "config.yaml", process)
-    time.sleep(1.0)  # let it get into the run, mid-episode
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    interrupted_at = checkpoint_step(run_dir)
-    assert 0 < interrupted_at < 240 and interrupted_at % 40 == 0  # saved at the next episode end
+    interrupt_at(100, signal.SIGTERM, run_dir, "checkpoint.every=0")  # mid-episode
+    assert checkpoint_step(run_dir) == 120  # saved at the next episode end, then the run stopped
+    assert not (run_dir / checkpoint.PREVIOUS).exists()  # checkpoint.every=0: no periodic saves
     assert not (run_dir / "summary.json").exists()
 
     result = run_cli(*RESUME_RUN, "balancer=famo", f"run_dir={run_dir}", "checkpoint.every=0")
@@ -79,12 +72,9 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(reference_run: Pat
 
 def test_kill9_and_corrupted_newest_checkpoint_fall_back_and_still_match(reference_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    process = start_cli(*RESUME_RUN, "balancer=famo", f"run_dir={run_dir}")
-    wait_for(run_dir / checkpoint.PREVIOUS, process)
-    process.kill()
-    process.communicate()
-    newest, previous = checkpoint_step(run_dir), checkpoint_step(run_dir, checkpoint.PREVIOUS)
-    assert previous < newest < 240
+    interrupt_at(130, signal.SIGKILL, run_dir)  # killed 10 steps after the checkpoint at 120
+    assert (checkpoint_step(run_dir), checkpoint_step(run_dir, checkpoint.PREVIOUS)) == (120, 80)
+    assert not (run_dir / "summary.json").exists()
     # Corrupt the newest: the run must say so and continue from the previous good one.
     data = (run_dir / checkpoint.LATEST).read_bytes()
     (run_dir / checkpoint.LATEST).write_bytes(data[: len(data) // 2])
@@ -144,3 +134,64 @@ def test_missing_newest_after_crash_between_renames_uses_previous(tmp_path: Path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert checkpoint.load_latest(tmp_path)["env_step"] == 1
+
+
+# ----- resume paths in process (fast: no interpreter start-up) -----------------------------------
+# Three tasks, so that PCGrad's random projection order matters (with two it cannot), and 20-step
+# episodes: episode ends (the exact resume points) at every multiple of 20.
+IN_PROCESS_RUN = [
+    "env=custom", "env.tasks=[reach-v3,push-v3,pick-place-v3]", "env.max_episode_steps=20",
+    "agent.hidden_dim=32", "agent.num_layers=2", "agent.batch_size_per_task=8", "agent.warmup_steps=20",
+    "eval.every=20", "eval.episodes=1", "log.every=10", "log.conflicts_every=3", "progress=false", "device=cpu",
+]
+
+
+def train_in_process(run_dir: Path, *overrides: str) -> dict:
+    from mtrl_famo.trainer import Trainer
+
+    return Trainer(compose_config(*IN_PROCESS_RUN, f"run_dir={run_dir}", *overrides)).train()
+
+
+@pytest.mark.parametrize("balancer", ["pcgrad", "cagrad", "famo"])
+def test_finished_run_with_more_steps_trains_on_exactly(balancer: str, tmp_path: Path) -> None:
+    """A finished run re-launched with a larger `steps` continues from its final checkpoint and ends
+    exactly like a run that was given the larger `steps` from the start. The checkpoint lies after
+    two evaluations, so the evaluation env's goal RNG must come back too (evaluations at 80 and 100
+    draw new goals from it), and after many updates, so must the balancer's state (PCGrad's order
+    generator, CAGrad's warm start, FAMO's logits and their Adam moments)."""
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    train_in_process(reference, f"balancer={balancer}", "steps=100")
+    first = train_in_process(run, f"balancer={balancer}", "steps=60")
+    assert first["env_steps"] == 60 and first["complete"]
+    assert checkpoint_step(run) == 60
+
+    summary = train_in_process(run, f"balancer={balancer}", "steps=100")
+
+    assert summary["env_steps"] == 100 and summary["complete"]
+    expected, got = tb_scalars(reference, DETERMINISTIC_TAGS), tb_scalars(run, DETERMINISTIC_TAGS)
+    assert set(got) == set(expected)
+    for tag, points in expected.items():
+        assert got[tag] == points, f"{tag} differs from the run that had steps=100 from the start"
+    assert [step for step, _ in got["eval/success_rate"]] == [20, 40, 60, 80, 100]
+    if balancer != "famo":
+        assert "balancer/grad_cosine_min" in got
+
+
+def test_checkpoint_every_not_a_multiple_of_the_episode_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoint.every=30 with 20-step episodes: a save at the first episode end at or after each
+    multiple of 30 (30->40, 60->60, 90->100, 120->120), and the last one at the end."""
+    from mtrl_famo.trainer import Trainer
+
+    saved: list[int] = []
+    original = Trainer.save_checkpoint
+    monkeypatch.setattr(Trainer, "save_checkpoint", lambda self: (saved.append(self.env_step), original(self))[1])
+    train_in_process(tmp_path / "run", "balancer=mtsac", "steps=120", "checkpoint.every=30", "eval.every=60")
+    assert saved == [40, 60, 100, 120]
+    assert checkpoint_step(tmp_path / "run") == 120
+
+
+def test_steps_not_a_multiple_of_eval_every_still_evaluates_at_the_end(tmp_path: Path) -> None:
+    summary = train_in_process(tmp_path / "run", "balancer=mtsac", "steps=50", "eval.every=20")
+    steps = [step for step, _ in tb_scalars(tmp_path / "run", ("eval/success_rate",))["eval/success_rate"]]
+    assert steps == [20, 40, 50]
+    assert summary["env_steps"] == 50 and summary["eval_success_rate"] is not None
