@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from agents.networks import Actor, TwinCritic
+from mtrl_famo.agents.networks import Actor, TwinCritic
 
 
 class MultiTaskSAC(nn.Module):

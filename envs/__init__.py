@@ -1,8 +1,8 @@
 """Metaworld multitask environments: building them, normalising a vector step, evaluating."""
 
-from envs.builder import EnvSpec, MultiTaskEnv, build_env, known_task_names
-from envs.evaluation import EvalResult, evaluate
-from envs.step import VectorStep, normalise_step
+from mtrl_famo.envs.builder import EnvSpec, MultiTaskEnv, build_env, known_task_names
+from mtrl_famo.envs.evaluation import EvalResult, evaluate
+from mtrl_famo.envs.step import VectorStep, normalise_step
 
 __all__ = [
     "EnvSpec",

@@ -7,8 +7,8 @@ from typing import Callable
 
 import numpy as np
 
-from envs.builder import MultiTaskEnv
-from envs.step import normalise_step
+from mtrl_famo.envs.builder import MultiTaskEnv
+from mtrl_famo.envs.step import normalise_step
 
 Policy = Callable[[np.ndarray], np.ndarray]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from agents.networks import is_task_specific
+from mtrl_famo.agents.networks import is_task_specific
 from mtrl_famo.balancers.base import Balancer, GradientManipulation, LossWeighting
 from mtrl_famo.task_gradients import LossFn, per_task_gradients
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from envs.builder import EnvSpec
+from mtrl_famo.envs.builder import EnvSpec
 from mtrl_famo import balancers
 from mtrl_famo.learner import BALANCED_LOSSES
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -163,3 +167,17 @@ def validate(config: TrainConfig) -> None:
         balancers.make(balancer.name, num_tasks, **balancer.options)
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from None
+
+
+def compose(*overrides: str) -> TrainConfig:
+    """The validated TrainConfig that `python -m mtrl_famo.train <overrides>` would run.
+
+    For scripts and tests: the same config files, the same Hydra composition, the same checks.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return from_dict(OmegaConf.to_container(cfg, resolve=True))

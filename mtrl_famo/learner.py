@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from agents.sac import MultiTaskSAC, actor_loss, alpha_loss, critic_loss
+from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, alpha_loss, critic_loss
 from mtrl_famo.balanced_backward import BackwardResult, balanced_backward, conflict_stats
 from mtrl_famo.balancers import Balancer
 from mtrl_famo.replay import Batch

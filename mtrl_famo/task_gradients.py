@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from agents.networks import is_task_specific
+from mtrl_famo.agents.networks import is_task_specific
 
 LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 

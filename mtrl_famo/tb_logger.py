@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from envs.evaluation import EvalResult
+from mtrl_famo.envs.evaluation import EvalResult
 from mtrl_famo.run_files import EVAL_SUCCESS_TAG
 
 

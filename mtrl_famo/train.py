@@ -10,9 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mtrl_famo.config import ConfigError, from_dict
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from mtrl_famo.config import CONFIG_DIR, ConfigError, from_dict
 GROUPS = ("env", "balancer", "agent")
 
 

@@ -15,16 +15,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.sac import MultiTaskSAC
-from envs import MultiTaskEnv, build_env, evaluate, normalise_step
-from envs.evaluation import EvalResult
-from mtrl_famo import balancers, checkpoint
+from mtrl_famo.envs import MultiTaskEnv, build_env, evaluate, normalise_step
+from mtrl_famo.envs.evaluation import EvalResult
+from mtrl_famo import checkpoint
+from mtrl_famo.build import build_agent, build_learner, build_replay
 from mtrl_famo.atomic import write_text_atomic
 from mtrl_famo.balancers import LossWeighting
 from mtrl_famo.config import TrainConfig
-from mtrl_famo.learner import BALANCED_LOSSES, SACLearner, UpdateResult
+from mtrl_famo.learner import UpdateResult
 from mtrl_famo.preemption import PreemptionGuard
-from mtrl_famo.replay import TaskReplay
 from mtrl_famo.run_files import CONFIG_FILE, SUMMARY_FILE
 from mtrl_famo.seeding import resolve_device, seed_everything
 from mtrl_famo.tb_logger import TBLogger
@@ -89,38 +88,9 @@ class Trainer:
         self.eval_env: MultiTaskEnv | None = None
         self.task_names = self.env.task_names
         k = self.env.num_tasks
-        agent_cfg = config.agent
-        self.agent = MultiTaskSAC(
-            self.env.obs_dim,
-            self.env.action_dim,
-            k,
-            hidden_dim=agent_cfg.hidden_dim,
-            num_layers=agent_cfg.num_layers,
-            discount=agent_cfg.discount,
-            init_temperature=agent_cfg.init_temperature,
-            log_std_min=agent_cfg.log_std_min,
-            log_std_max=agent_cfg.log_std_max,
-        ).to(self.device)
-        per_loss = {
-            loss: balancers.make(
-                config.balancer.name if loss in config.balancer.apply_to else "mtsac",
-                k,
-                **(config.balancer.options if loss in config.balancer.apply_to else {}),
-            ).to(self.device)
-            for loss in BALANCED_LOSSES
-        }
-        self.learner = SACLearner(
-            self.agent,
-            per_loss,
-            lr=agent_cfg.lr,
-            tau=agent_cfg.tau,
-            actor_update_every=agent_cfg.actor_update_every,
-            target_update_every=agent_cfg.target_update_every,
-            generator=self.generator,
-        )
-        self.replay = TaskReplay(
-            k, max(1, agent_cfg.replay_size // k), self.env.obs_dim, self.env.action_dim, self.device, self.generator
-        )
+        self.agent = build_agent(config.agent, self.env.obs_dim, self.env.action_dim, k, self.device)
+        self.learner = build_learner(config.agent, config.balancer, self.agent, self.generator)
+        self.replay = build_replay(config.agent, k, self.env.obs_dim, self.env.action_dim, self.device, self.generator)
         self.env_step = 0  # environment steps per task done so far
         self.obs = self.env.reset()
         # Exact resume points are episode ends shared by all tasks (fixed horizon, no

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from envs import EnvSpec, build_env, normalise_step
+from mtrl_famo.envs import EnvSpec, build_env, normalise_step
 
 
 def measure(env_name: str, strategy: str, steps: int, seed: int = 0) -> dict[str, float | int | str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from agents.sac import MultiTaskSAC
+from mtrl_famo.agents.sac import MultiTaskSAC
 from mtrl_famo import balancers
 from mtrl_famo.learner import BALANCED_LOSSES, SACLearner
 from mtrl_famo.replay import TaskReplay

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import torch
 
-from envs import EnvSpec, build_env
+from mtrl_famo.envs import EnvSpec, build_env
 
 # Tests use tiny networks: a second thread only adds overhead on these shared 2-core machines, and
 # CLI subprocesses run with OMP_NUM_THREADS=1 as well.
@@ -121,12 +121,6 @@ def tb_scalars(run_dir: Path, prefixes: tuple[str, ...] = ("",)) -> dict[str, li
 
 def compose_config(*overrides: str):
     """The validated TrainConfig the CLI would build from these overrides (for in-process runs)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from mtrl_famo.config import compose
 
-    from mtrl_famo.config import from_dict
-    from mtrl_famo.train import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return from_dict(OmegaConf.to_container(cfg, resolve=True))
+    return compose(*overrides)

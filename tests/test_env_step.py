@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs import EnvSpec, build_env, evaluate, normalise_step
-from envs.builder import MultiTaskEnv, benchmark_task_names
+from mtrl_famo.envs import EnvSpec, build_env, evaluate, normalise_step
+from mtrl_famo.envs.builder import MultiTaskEnv, benchmark_task_names
 
 
 def test_one_hot_position_and_shapes(two_task_env):

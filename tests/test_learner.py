@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import MultiTaskSAC
+from mtrl_famo.agents import MultiTaskSAC
 from mtrl_famo import balancers
 from mtrl_famo.learner import SACLearner
 from mtrl_famo.replay import Batch

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agents import MultiHeadMLP, MultiTaskSAC, actor_loss, alpha_loss, critic_loss
+from mtrl_famo.agents import MultiHeadMLP, MultiTaskSAC, actor_loss, alpha_loss, critic_loss
 
 
 def test_batched_heads_equal_each_head_alone():

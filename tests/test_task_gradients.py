@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from agents.networks import is_task_specific
-from agents.sac import MultiTaskSAC, actor_loss, critic_loss
+from mtrl_famo.agents.networks import is_task_specific
+from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, critic_loss
 from mtrl_famo.balanced_backward import balanced_backward
 from mtrl_famo.balancers import GradientManipulation, make
 from mtrl_famo.task_gradients import per_task_gradients

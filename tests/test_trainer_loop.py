@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import tb_scalars
 
-from envs import EnvSpec
+from mtrl_famo.envs import EnvSpec
 from mtrl_famo.balancers import FAMO, MeanLoss, PCGrad
 from mtrl_famo.config import AgentConfig, BalancerConfig, TrainConfig, validate
 from mtrl_famo.tb_logger import TBLogger
