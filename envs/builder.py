@@ -5,9 +5,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from mtrl_famo.envs.step import VectorStep, normalise_step
 
 BENCHMARKS = ("mt10", "mt50", "mt1", "custom")
 VECTOR_STRATEGIES = ("sync", "async")
@@ -93,6 +96,19 @@ class MultiTaskEnv:
     def reset(self) -> np.ndarray:
         obs, _ = self.vector.reset()
         return np.asarray(obs, dtype=np.float32)
+
+    def step(self, actions: np.ndarray) -> VectorStep:
+        """One step of every sub-env (row i = task i), normalised (final obs, success, flags)."""
+        return normalise_step(*self.vector.step(actions))
+
+    def rng_state(self) -> list[Any]:
+        """Every sub-env's random state (goal choice at reset); with `restore_rng_state` and a
+        reset, it reproduces the episodes that follow. Simulator states are not included: they are
+        only needed mid-episode, and runs are checkpointed at episode ends."""
+        return list(self.vector.call("get_checkpoint"))
+
+    def restore_rng_state(self, state: list[Any]) -> None:
+        self.vector.call("load_checkpoint", list(state))
 
     def close(self) -> None:
         self.vector.close()

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from mtrl_famo.envs.builder import MultiTaskEnv
-from mtrl_famo.envs.step import normalise_step
+from mtrl_famo.envs.episodes import EpisodeTracker
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -29,26 +29,21 @@ class EvalResult:
 def evaluate(policy: Policy, env: MultiTaskEnv, num_episodes: int) -> EvalResult:
     """Run `num_episodes` full episodes per task with `policy` (obs [K, obs_dim] -> actions).
 
-    Episode success is success at ANY step of the episode (the mtrl/Metaworld convention).
-    Rows may finish episodes at different steps; each row counts its first `num_episodes`.
+    Episodes are scored by `EpisodeTracker` (success at ANY step, summed return). Rows may finish episodes at different steps; each row counts its first `num_episodes`.
     """
     k = env.num_tasks
     obs = env.reset()
+    tracker = EpisodeTracker(k)
     episodes = np.zeros(k, dtype=np.int64)
     success_sum = np.zeros(k)
     return_sum = np.zeros(k)
-    episode_success = np.zeros(k, dtype=bool)
-    episode_return = np.zeros(k)
     while episodes.min() < num_episodes:
-        step = normalise_step(*env.vector.step(policy(obs)))
-        episode_success |= step.success > 0
-        episode_return += step.reward
-        counted = step.done & (episodes < num_episodes)
-        success_sum[counted] += episode_success[counted]
-        return_sum[counted] += episode_return[counted]
-        episodes += step.done
-        episode_success[step.done] = False
-        episode_return[step.done] = 0.0
+        step = env.step(policy(obs))
+        finished = tracker.record(step.reward, step.success, step.done)
+        counted = finished.mask & (episodes < num_episodes)
+        success_sum[counted] += finished.success[counted]
+        return_sum[counted] += finished.returns[counted]
+        episodes += finished.mask
         obs = step.obs
     return EvalResult(
         task_names=list(env.task_names),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -61,8 +62,19 @@ def balanced_backward(
     return BackwardResult(losses.detach(), aux, stacked)
 
 
-def conflict_stats(shared_grads: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Pairwise cosine picture of `[K, D]` task gradients: min, mean and number of conflicts."""
+@dataclass
+class ConflictStats:
+    """Pairwise cosine picture of the `[K, D]` task gradients of one update (0-d device tensors)."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("cosine_min", "cosine_mean", "conflicting_pairs")
+
+    cosine_min: torch.Tensor
+    cosine_mean: torch.Tensor
+    conflicting_pairs: torch.Tensor  # number of task pairs whose gradients have a negative dot product
+
+
+def conflict_stats(shared_grads: torch.Tensor) -> ConflictStats:
+    """Min and mean pairwise cosine of `[K, D]` task gradients and the number of conflicting pairs."""
     num_tasks = shared_grads.shape[0]
     gram = shared_grads @ shared_grads.T
     norms = gram.diagonal().clamp_min(1e-20).sqrt()
@@ -71,8 +83,4 @@ def conflict_stats(shared_grads: torch.Tensor) -> dict[str, torch.Tensor]:
     pairs = cosine[upper[0], upper[1]]
     if pairs.numel() == 0:
         pairs = torch.ones(1, device=cosine.device)
-    return {
-        "grad_cosine_min": pairs.min(),
-        "grad_cosine_mean": pairs.mean(),
-        "grad_conflicting_pairs": (pairs < 0).sum().to(torch.float32),
-    }
+    return ConflictStats(pairs.min(), pairs.mean(), (pairs < 0).sum().to(torch.float32))

@@ -1,6 +1,6 @@
 """Checkpoint files of a run: atomic writes that keep the previous good one, and loading with fallback.
 
-What goes into a checkpoint is the trainer's business (`Trainer.state_dict`); this module only
+What goes into a checkpoint is the components' business (`Trainer.state_dict` gathers them); this module only
 knows how to put a state on disk so that a crash, a kill -9 or a full disk at any moment leaves
 at least one complete, loadable checkpoint behind.
 """
@@ -17,7 +17,7 @@ from mtrl_famo.atomic import atomic_output
 
 LATEST = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the state is the components' own state_dicts
 
 
 class CheckpointError(RuntimeError):

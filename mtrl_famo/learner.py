@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, alpha_loss, critic_loss
-from mtrl_famo.balanced_backward import BackwardResult, balanced_backward, conflict_stats
+from mtrl_famo.balanced_backward import BackwardResult, ConflictStats, balanced_backward, conflict_stats
 from mtrl_famo.balancers import Balancer
 from mtrl_famo.replay import Batch
 
@@ -22,7 +22,17 @@ class UpdateResult:
     critic_loss: torch.Tensor
     actor_loss: torch.Tensor
     alpha_loss: torch.Tensor
-    conflicts: dict[str, torch.Tensor]
+    conflicts: dict[str, ConflictStats]  # loss name -> statistics, when asked for and computed
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], device: torch.device) -> "UpdateResult":
+        """Inverse of `dataclasses.asdict` (checkpoints), tensors moved to `device`."""
+        conflicts = {
+            loss: ConflictStats(**{name: tensor.to(device) for name, tensor in stats.items()})
+            for loss, stats in values["conflicts"].items()
+        }
+        losses = {name: values[name].to(device) for name in ("critic_loss", "actor_loss", "alpha_loss")}
+        return cls(**losses, conflicts=conflicts)
 
 
 class SACLearner:
@@ -81,16 +91,16 @@ class SACLearner:
         agent = self.agent
         target = agent.td_target(batch.reward, batch.next_obs, batch.terminated, self._noise(batch.next_obs))
         critic = self._balanced_step("critic", critic_loss, (batch.obs, batch.action, target))
-        conflicts: dict[str, torch.Tensor] = {}
+        conflicts: dict[str, ConflictStats] = {}
         if want_conflicts and critic.shared_grads is not None:
-            conflicts.update({f"critic/{k}": v for k, v in conflict_stats(critic.shared_grads).items()})
+            conflicts["critic"] = conflict_stats(critic.shared_grads)
 
         actor_losses = alpha_losses = torch.full_like(critic.losses, float("nan"))
         if self.num_updates % self.actor_update_every == 0:
             actor = self._balanced_step("actor", actor_loss, (batch.obs, self._noise(batch.obs)))
             actor_losses = actor.losses
             if want_conflicts and actor.shared_grads is not None:
-                conflicts.update({f"actor/{k}": v for k, v in conflict_stats(actor.shared_grads).items()})
+                conflicts["actor"] = conflict_stats(actor.shared_grads)
             alpha_losses = alpha_loss(agent, actor.aux)
             self.optimizers["alpha"].zero_grad(set_to_none=True)
             alpha_losses.sum().backward()

@@ -34,10 +34,11 @@ import numpy as np
 from scipy import stats
 
 from mtrl_famo.atomic import atomic_output, write_text_atomic
-from mtrl_famo.run_files import CONFIG_FILE, EVAL_SUCCESS_TAG, SUMMARY_FILE
+from mtrl_famo.metrics import EVAL_SUCCESS
+from mtrl_famo.run_files import CONFIG_FILE, SUMMARY_FILE
 
 EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard event files
-TASK_PREFIX = f"{EVAL_SUCCESS_TAG}/"
+TASK_PREFIX = f"{EVAL_SUCCESS}/"
 REPORT_MD, REPORT_JSON, CURVES_PNG = "report.md", "report.json", "success_curves.png"
 CONFIDENCE = 0.95
 DEFAULT_REPS = 2000
@@ -203,9 +204,9 @@ def completion(last_step: int | None, requested: int, marker: dict[str, Any] | N
 def load_run(run_dir: Path) -> RunRecord:
     """Read one run's config, completion marker and eval success scalars."""
     env, balancer, seed, steps = read_config(run_dir)
-    scalars = read_scalars(run_dir, lambda tag: tag == EVAL_SUCCESS_TAG or tag.startswith(TASK_PREFIX))
+    scalars = read_scalars(run_dir, lambda tag: tag == EVAL_SUCCESS or tag.startswith(TASK_PREFIX))
     empty = Series(np.zeros(0, dtype=np.int64), np.zeros(0))
-    success = scalars.pop(EVAL_SUCCESS_TAG, empty)
+    success = scalars.pop(EVAL_SUCCESS, empty)
     tasks = {tag.removeprefix(TASK_PREFIX): series for tag, series in scalars.items()}
     last = int(success.steps[-1]) if success.steps.size else None
     complete, reason = completion(last, steps, read_marker(run_dir))

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from mtrl_famo.envs import EnvSpec, build_env, normalise_step
+from mtrl_famo.envs import EnvSpec, build_env
 
 
 def measure(env_name: str, strategy: str, steps: int, seed: int = 0) -> dict[str, float | int | str]:
@@ -26,10 +26,10 @@ def measure(env_name: str, strategy: str, steps: int, seed: int = 0) -> dict[str
         rng = np.random.default_rng(seed)
         shape = (env.num_tasks, env.action_dim)
         for _ in range(20):
-            normalise_step(*env.vector.step(rng.uniform(-1, 1, shape).astype(np.float32)))
+            env.step(rng.uniform(-1, 1, shape).astype(np.float32))
         started = time.perf_counter()
         for _ in range(steps):
-            normalise_step(*env.vector.step(rng.uniform(-1, 1, shape).astype(np.float32)))
+            env.step(rng.uniform(-1, 1, shape).astype(np.float32))
         seconds = time.perf_counter() - started
     finally:
         env.close()

@@ -16,8 +16,9 @@ from conftest import tb_scalars
 from mtrl_famo.envs import EnvSpec
 from mtrl_famo.balancers import FAMO, MeanLoss, PCGrad
 from mtrl_famo.config import AgentConfig, BalancerConfig, TrainConfig, validate
-from mtrl_famo.tb_logger import TBLogger
-from mtrl_famo.trainer import EpisodeTracker, Trainer
+from mtrl_famo.metrics import MetricsWriter
+from mtrl_famo.envs import EpisodeTracker
+from mtrl_famo.trainer import Trainer
 
 TASKS = ("reach-v3", "push-v3")
 K = len(TASKS)
@@ -98,7 +99,7 @@ def raw_success(call: dict, last_step: bool) -> np.ndarray:
 def test_replay_stores_true_final_obs_and_no_termination_at_truncation(trainers, tmp_path):
     trainer = trainers(tmp_path, warmup=100)  # stay in warm-up: only the storing is under test
     spy = StepSpy(trainer)
-    first_obs = trainer.obs.copy()
+    first_obs = trainer.collector.obs.copy()
     steps = 2 * HORIZON + 2
     for _ in range(steps):
         trainer.step()
@@ -128,7 +129,7 @@ def test_replay_stores_true_final_obs_and_no_termination_at_truncation(trainers,
         else:
             assert "final_obs" not in call["info"]
             np.testing.assert_array_equal(stored["next_obs"][:, t], call["obs"].astype(np.float32))
-    np.testing.assert_array_equal(trainer.obs, spy.calls[-1]["obs"].astype(np.float32))
+    np.testing.assert_array_equal(trainer.collector.obs, spy.calls[-1]["obs"].astype(np.float32))
 
 
 # ----- 2. warm-up actions, then the policy's ----------------------------------------------------
@@ -147,7 +148,7 @@ def test_uniform_actions_during_warmup_then_policy_actions(trainers, tmp_path):
         # What the actor, as it is now, would do with the generator's next normal draw.
         noise = torch.randn(K, action_dim, generator=torch.Generator().set_state(states_before[-1]))
         with torch.no_grad():
-            obs = torch.as_tensor(trainer.obs, dtype=torch.float32).unsqueeze(1)
+            obs = torch.as_tensor(trainer.collector.obs, dtype=torch.float32).unsqueeze(1)
             expected_policy[t] = trainer.agent.actor.sample(obs, noise.unsqueeze(1))[0].squeeze(1)
         trainer.step()
 
@@ -179,13 +180,13 @@ def test_updates_start_after_warmup_with_updates_per_step_each(trainers, tmp_pat
     for step in range(1, warmup + 1):
         trainer.step()
         assert trainer.env_step == step
-        assert trainer.learner.num_updates == 0 and trainer._updates == []
+        assert trainer.learner.num_updates == 0 and trainer.metrics.updates == []
     for extra in range(1, 4):
         trainer.step()
         assert trainer.env_step == warmup + extra
         assert trainer.learner.num_updates == per_step * extra
-        assert len(trainer._updates) == per_step * extra
-        for update in trainer._updates:
+        assert len(trainer.metrics.updates) == per_step * extra
+        for update in trainer.metrics.updates:
             assert update.critic_loss.shape == (K,) and torch.isfinite(update.critic_loss).all()
 
 
@@ -261,7 +262,7 @@ def test_logged_train_success_and_return_follow_the_episode_definitions(trainers
     trainer = trainers(tmp_path, warmup=100)
     spy = StepSpy(trainer, inject=_inject_success)
     log_dir = tmp_path / "tb"
-    logger = TBLogger(log_dir, trainer.task_names)
+    logger = MetricsWriter(log_dir, trainer.task_names)
     log_after = (2 * HORIZON + 2, 4 * HORIZON)  # the first log falls inside episode 2
     for until in log_after:
         while trainer.env_step < until:
@@ -294,13 +295,13 @@ def test_logged_train_success_and_return_follow_the_episode_definitions(trainers
 
 def _run_recorded(trainer: Trainer, steps: int) -> dict:
     spy = StepSpy(trainer)
-    record = {"reset_obs": trainer.obs.copy()}
+    record = {"reset_obs": trainer.collector.obs.copy()}
     for _ in range(steps):
         trainer.step()
     record["actions"] = np.stack([c["action"] for c in spy.calls])
     record["obs"] = np.stack([c["obs"] for c in spy.calls])
-    record["critic"] = torch.stack([u.critic_loss for u in trainer._updates]).numpy()
-    record["actor"] = torch.stack([u.actor_loss for u in trainer._updates]).numpy()
+    record["critic"] = torch.stack([u.critic_loss for u in trainer.metrics.updates]).numpy()
+    record["actor"] = torch.stack([u.actor_loss for u in trainer.metrics.updates]).numpy()
     trainer.env.close()
     return record
 

@@ -1,0 +1,54 @@
+"""Periodic deterministic evaluation on an env of its own, whose goal RNG is part of a checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtrl_famo.agents.sac import MultiTaskSAC
+from mtrl_famo.envs import EnvSpec, EvalResult, MultiTaskEnv, build_env, evaluate
+
+
+class Evaluator:
+    """Runs `episodes` mean-action episodes per task; the env is built on first use."""
+
+    def __init__(self, spec: EnvSpec, seed: int, episodes: int, agent: MultiTaskSAC, device: torch.device):
+        self.spec = spec
+        self.seed = seed
+        self.episodes = episodes
+        self.agent = agent
+        self.device = device
+        self.env: MultiTaskEnv | None = None
+        self.last: EvalResult | None = None
+
+    def _env(self) -> MultiTaskEnv:
+        if self.env is None:
+            self.env = build_env(self.spec, self.seed)
+        return self.env
+
+    def policy(self, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(1)
+            return self.agent.actor.mean_action(obs_t).squeeze(1).cpu().numpy()
+
+    def run(self) -> EvalResult:
+        self.last = evaluate(self.policy, self._env(), self.episodes)
+        return self.last
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "env_rng": None if self.env is None else self.env.rng_state(),
+            "last": None if self.last is None else dataclasses.asdict(self.last),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["env_rng"] is not None:
+            self._env().restore_rng_state(state["env_rng"])
+        self.last = None if state["last"] is None else EvalResult(**state["last"])
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()

@@ -1,0 +1,139 @@
+"""Every TensorBoard tag of a run, and the figures waiting to be logged.
+
+x-axis = environment steps per task. The trainer hands over what happened (update results, the
+drained episode statistics, evaluation results); this module alone decides tag names, so README's
+tag list, the report and the tests have one place to agree with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtrl_famo.balanced_backward import ConflictStats
+from mtrl_famo.balancers import Balancer, LossWeighting
+from mtrl_famo.envs.evaluation import EvalResult
+from mtrl_famo.learner import UpdateResult
+
+EVAL_SUCCESS = "eval/success_rate"  # mean over tasks; per task under f"{EVAL_SUCCESS}/<task>"
+EVAL_RETURN = "eval/return"
+TRAIN_SUCCESS = "train/success_rate"
+TRAIN_RETURN = "train/return"
+LOSS = {"critic_loss": "loss/critic", "actor_loss": "loss/actor", "alpha_loss": "loss/alpha"}
+ALPHA = "alpha"  # per task: alpha/<task>
+ENV_STEPS_PER_S = "perf/env_steps_per_s"
+UPDATE_MS = "perf/update_ms"
+
+
+def balancer_prefix(loss: str) -> str:
+    """`balancer/` for the critic (the loss every method balances), `balancer/<loss>/` for others."""
+    return "balancer/" if loss == "critic" else f"balancer/{loss}/"
+
+
+def weight_tag(loss: str) -> str:
+    """Per-task loss weights of a loss-weighting balancer: `<prefix>weight/<task>`."""
+    return f"{balancer_prefix(loss)}weight"
+
+
+def conflict_tags(loss: str) -> dict[str, str]:
+    """Gradient-conflict statistics of a gradient-manipulation balancer, field -> tag."""
+    prefix = balancer_prefix(loss)
+    return {name: f"{prefix}grad_{name}" for name in ConflictStats.FIELDS}
+
+
+class MetricsWriter:
+    """The run's TensorBoard event file."""
+
+    def __init__(self, run_dir: Path, task_names: list[str], purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        self.task_names = task_names
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, float(value), step)
+
+    def per_task(self, prefix: str, values: np.ndarray, step: int) -> None:
+        for name, value in zip(self.task_names, values):
+            self.scalar(f"{prefix}/{name}", value, step)
+
+    def evaluation(self, result: EvalResult, step: int) -> None:
+        self.scalar(EVAL_SUCCESS, result.mean_success_rate, step)
+        self.scalar(EVAL_RETURN, float(result.mean_return.mean()), step)
+        self.per_task(EVAL_SUCCESS, result.success_rate, step)
+        self.per_task(EVAL_RETURN, result.mean_return, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class TrainMetrics:
+    """Update results and timings since the last log, kept on the device until `write` reads them."""
+
+    def __init__(self) -> None:
+        self.updates: list[UpdateResult] = []
+        self.update_seconds = 0.0
+        self._window: tuple[float, int] | None = None
+
+    def add_updates(self, results: list[UpdateResult], seconds: float) -> None:
+        self.updates.extend(results)
+        self.update_seconds += seconds
+
+    def write(
+        self,
+        writer: MetricsWriter,
+        step: int,
+        episodes: tuple[np.ndarray, np.ndarray] | None,
+        alpha: torch.Tensor,
+        balancers: dict[str, Balancer],
+        balanced_losses: tuple[str, ...],
+    ) -> None:
+        """Log everything pending at `step`, then start a new window.
+
+        `episodes`: per-task mean success and return of the episodes finished in the window.
+        Loss weights are logged for the losses the configured balancer is applied to.
+        """
+        if episodes is not None:
+            success, returns = episodes
+            writer.scalar(TRAIN_SUCCESS, float(np.nanmean(success)), step)
+            writer.scalar(TRAIN_RETURN, float(np.nanmean(returns)), step)
+        if self.updates:
+            for field, tag in LOSS.items():
+                per_task = torch.stack([getattr(u, field) for u in self.updates]).nanmean(0).cpu().numpy()
+                writer.scalar(tag, float(np.nanmean(per_task)), step)
+            latest = next((u.conflicts for u in reversed(self.updates) if u.conflicts), {})
+            for loss, stats in latest.items():
+                for field, tag in conflict_tags(loss).items():
+                    writer.scalar(tag, float(getattr(stats, field)), step)
+            writer.scalar(UPDATE_MS, 1e3 * self.update_seconds / len(self.updates), step)
+        writer.per_task(ALPHA, alpha.detach().reshape(-1).cpu().numpy(), step)
+        for loss, balancer in balancers.items():
+            if isinstance(balancer, LossWeighting) and loss in balanced_losses:
+                writer.per_task(weight_tag(loss), balancer.weights().cpu().numpy(), step)
+        now = time.perf_counter()
+        if self._window is not None:
+            started, at_step = self._window
+            writer.scalar(ENV_STEPS_PER_S, (step - at_step) / max(now - started, 1e-9), step)
+        self._window = (now, step)
+        self.updates.clear()
+        self.update_seconds = 0.0
+
+    def start_window(self, step: int) -> None:
+        """Start timing environment steps at `step` (a run's start or resumption)."""
+        self._window = (time.perf_counter(), step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Pending update figures (an exact resume logs the same averages as an uninterrupted run)."""
+        return {"updates": [dataclasses.asdict(update) for update in self.updates]}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.updates = [UpdateResult.from_dict(update, device) for update in state["updates"]]
+        self.update_seconds = 0.0
