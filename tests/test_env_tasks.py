@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from metaworld import env_dict
 
-from envs import EnvSpec, build_env, normalise_step
+from mtrl_famo.envs import EnvSpec, build_env, normalise_step
 
 HORIZON = 5
 ASYNC_SEED = 7
