@@ -27,12 +27,13 @@ Where the definitions come from (checked against the published code, not copied)
 - Setups (`SETUPS`):
   * "cagrad": scale 1, starts (-8.5, 7.5), (-8.5, -5), (9, 9); 100,000 steps of Adam(lr=1e-3) on x;
     CAGrad c = 0.5 with the direction divided by 1 + c (`rescale=2` here). The published PCGrad and
-    mean-gradient baselines are this project's `pcgrad` (mean reduction) and `mtsac`.
+    mean-gradient baselines are this project's `pcgrad` (mean reduction, seed 0) and `mtsac`.
   * "famo": scale 0.1, starts (-8.5, 7.5), (0, 0), (9, 9), (-7.5, -0.5), (9, -1); 50,000 steps of
     Adam(lr=1e-3) on x; CAGrad c = 0.4 divided by 1 + c^2 (`rescale=1`, FAMO repo defaults);
     FAMO w_lr = 0.025, gamma = 0 (FAMO `experiments/toy/run.sh`: "a very small gamma as the
-    objective is not changing"; this project's default is 0.001) and min_losses = (-21 * scale, -21)
-    (`set_min_losses` in that trainer), needed because these losses go down to -20.
+    objective is not changing"; this project's default is in configs/balancer/famo.yaml) and
+    min_losses = (-21 * scale, -21) (`set_min_losses` in that trainer), needed because these losses
+    go down to -20. Options not set here come from configs/balancer/<name>.yaml through `make`.
   FAMO is run with the "famo" options in both setups (min_losses follow the setup's scale).
 - Pareto stationarity: `pareto_gap(x)` = min over w in the simplex of |w g1 + (1-w) g2|, in closed
   form for two tasks. The front itself is traced by minimising w L1 + (1-w) L2: on the front
@@ -58,7 +59,10 @@ Deliberate differences from the published code:
   project's balancers do neither (Adam is nearly invariant to the rescaling, not to the clipping).
   FAMO's own toy run has no effective clipping (that repo clips before `backward`).
 - All start points of one balancer advance together in one float32 tensor (Adam is element-wise,
-  so this equals separate runs), with one balancer object per start point.
+  so this equals separate runs), with one balancer object per start point; with per-start step
+  budgets (`run_starts`) a start leaves the batch once its budget is spent.
+- x's optimiser is `Adam`, torch.optim.Adam's update with the same kernels in the same order but
+  without its per-step bookkeeping (bit-identical, tested): several times cheaper per step.
 """
 
 from __future__ import annotations
@@ -107,7 +111,11 @@ SETUPS: dict[str, Setup] = {
         starts=((-8.5, 7.5), (-8.5, -5.0), (9.0, 9.0)),
         steps=100_000,
         lr=1e-3,
-        options={"cagrad": {"c": 0.5, "rescale": 2}, "famo": famo_options(1.0), "pcgrad": {"reduction": "mean"}},
+        options={
+            "cagrad": {"c": 0.5, "rescale": 2},
+            "famo": famo_options(1.0),
+            "pcgrad": {"reduction": "mean", "seed": 0},
+        },
     ),
     "famo": Setup(
         name="famo",
@@ -115,7 +123,11 @@ SETUPS: dict[str, Setup] = {
         starts=((-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0)),
         steps=50_000,
         lr=1e-3,
-        options={"cagrad": {"c": 0.4, "rescale": 1}, "famo": famo_options(0.1), "pcgrad": {"reduction": "mean"}},
+        options={
+            "cagrad": {"c": 0.4, "rescale": 1},
+            "famo": famo_options(0.1),
+            "pcgrad": {"reduction": "mean", "seed": 0},
+        },
     ),
 }
 
@@ -237,15 +249,60 @@ def options_for(balancer_name: str, setup: Setup) -> dict[str, Any]:
     return dict(setup.options.get(balancer_name, {}))
 
 
-def run_batch(
+class Adam:
+    """`torch.optim.Adam(lr=lr)` on one CPU tensor, without the optimiser's per-call bookkeeping.
+
+    The same in-place kernels in the same order as torch's default single-tensor path
+    (`torch.optim.adam._single_tensor_adam`: betas (0.9, 0.999), eps 1e-8, no weight decay), so the
+    parameters are bit-identical (tests/test_toy.py checks it); `torch.optim.Adam.step` spends ~5x
+    longer on hooks and state look-ups than on these few 2-element kernels.
+    """
+
+    def __init__(
+        self, param: torch.Tensor, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ):
+        self.param = param
+        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
+        self.exp_avg = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor) -> None:
+        self.steps += 1
+        step = float(self.steps)  # torch keeps a float32 step tensor and reads it back with item()
+        self.exp_avg.lerp_(grad, 1 - self.beta1)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        bias_correction1 = 1 - self.beta1**step
+        bias_correction2 = 1 - self.beta2**step
+        step_size = self.lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2**0.5
+        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+        self.param.addcdiv_(self.exp_avg, denom, value=-step_size)
+
+    def keep(self, rows: torch.Tensor) -> torch.Tensor:
+        """Continue with these rows of the parameter only (element-wise: they move exactly as before).
+
+        Returns the new, smaller parameter tensor.
+        """
+        state = (self.param, self.exp_avg, self.exp_avg_sq)
+        self.param, self.exp_avg, self.exp_avg_sq = (t[rows].contiguous() for t in state)
+        return self.param
+
+
+def run_starts(
     balancer_name: str,
     starts: np.ndarray | Sequence[Sequence[float]],
-    steps: int,
+    steps: int | Sequence[int],
     scale: float = 1.0,
     lr: float = 1e-3,
     options: dict[str, Any] | None = None,
-) -> np.ndarray:
-    """Trajectories `[S, steps + 1, 2]` from S start points, one balancer object per start.
+) -> list[np.ndarray]:
+    """Trajectories `[steps_s + 1, 2]` from S start points, one balancer object per start.
+
+    `steps` is one budget for all starts or one per start. The starts advance together in one
+    float32 tensor (Adam is element-wise, so this equals separate runs); a start whose budget is
+    spent leaves the batch, so its balancer is no longer called.
 
     The sequence is the trainer's (`SACLearner._balanced_step`): losses, balanced gradient, Adam
     step, then `update(losses_before, losses_after)` for a balancer that asks for it. For loss
@@ -255,34 +312,60 @@ def run_batch(
     start_array = np.asarray(starts, dtype=np.float64)
     if start_array.ndim != 2 or start_array.shape[1] != 2:
         raise ValueError(f"Start points must have shape [S, 2], got {list(start_array.shape)}.")
-    objects = [balancers.make(balancer_name, 2, **(options or {})) for _ in range(len(start_array))]
+    count = len(start_array)
+    budgets = [int(steps)] * count if np.ndim(steps) == 0 else [int(n) for n in steps]  # type: ignore[union-attr]
+    if len(budgets) != count or min(budgets, default=0) < 0:
+        raise ValueError(f"steps must be one non-negative budget or one per start ({count}), got {steps}.")
+    objects = [balancers.make(balancer_name, 2, **(options or {})) for _ in range(count)]
+    if not count:
+        return []
     gradient_method = isinstance(objects[0], GradientManipulation)
     if not gradient_method and not isinstance(objects[0], LossWeighting):
         raise TypeError(f"{type(objects[0]).__name__} is neither LossWeighting nor GradientManipulation.")
     needs_after = objects[0].needs_losses_after_step
-    x = torch.as_tensor(start_array, dtype=DTYPE).clone().requires_grad_(True)
-    x_view = x.detach().numpy()  # shares memory: Adam updates x in place
-    optimizer = torch.optim.Adam([x], lr=lr)
-    trajectory = np.empty((steps + 1, len(start_array), 2), dtype=x_view.dtype)
+    optimizer = Adam(torch.as_tensor(start_array, dtype=DTYPE).clone(), lr=lr)
+    x_view = optimizer.param.numpy()  # shares memory: Adam updates x in place
+    trajectory = np.full((max(budgets) + 1, count, 2), np.nan, dtype=x_view.dtype)
     trajectory[0] = x_view
+    batch = list(range(count))  # the start of each row of x
+    rows: slice | list[int] = slice(None)  # the same as an index into `trajectory`'s start axis
     values, jacobian = losses_and_jacobian(x_view, scale)
-    for step in range(steps):
+    for step in range(max(budgets)):
+        keep = [i for i, s in enumerate(batch) if budgets[s] > step]
+        if len(keep) < len(batch):  # spent budgets leave the batch; the other rows move exactly as before
+            batch, objects = [batch[i] for i in keep], [objects[i] for i in keep]
+            rows = batch
+            x_view = optimizer.keep(torch.tensor(keep)).numpy()
+            values, jacobian = values[keep], jacobian[keep]
         if gradient_method:
-            x.grad = torch.stack([b.combine(g) for b, g in zip(objects, torch.from_numpy(jacobian))])
+            grad = torch.stack([b.combine(g) for b, g in zip(objects, torch.from_numpy(jacobian))])
         else:
-            leaves = [torch.from_numpy(row).requires_grad_(True) for row in values]
-            objective = torch.stack([b.weighted_loss(leaf) for b, leaf in zip(objects, leaves)]).sum()
-            loss_grads = torch.stack(torch.autograd.grad(objective, leaves)).numpy()
-            x.grad = torch.from_numpy(np.einsum("sk,skd->sd", loss_grads, jacobian))
-        optimizer.step()
+            leaf = torch.from_numpy(values).requires_grad_(True)  # each balancer gets its row
+            objective = sum(b.weighted_loss(row) for b, row in zip(objects, leaf.unbind()))
+            (loss_grads,) = torch.autograd.grad(objective, leaf)
+            grad = torch.from_numpy(np.einsum("sk,skd->sd", loss_grads.numpy(), jacobian))
+        optimizer.step(grad)
         # The losses after the step are also the next step's losses (deterministic problem).
         after, jacobian = losses_and_jacobian(x_view, scale)
         if needs_after:
             for b, row_before, row_after in zip(objects, values, after):
                 b.update(torch.from_numpy(row_before), torch.from_numpy(row_after))
         values = after
-        trajectory[step + 1] = x_view
-    return trajectory.transpose(1, 0, 2)
+        trajectory[step + 1, rows] = x_view
+    return [trajectory[: budget + 1, s] for s, budget in enumerate(budgets)]
+
+
+def run_batch(
+    balancer_name: str,
+    starts: np.ndarray | Sequence[Sequence[float]],
+    steps: int,
+    scale: float = 1.0,
+    lr: float = 1e-3,
+    options: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """Trajectories `[S, steps + 1, 2]` from S start points, all with the same budget (see `run_starts`)."""
+    trajectories = run_starts(balancer_name, starts, steps, scale, lr, options)
+    return np.stack(trajectories) if trajectories else np.empty((0, steps + 1, 2), dtype=np.float32)
 
 
 def run(

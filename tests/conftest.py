@@ -66,23 +66,32 @@ def two_task_env():
     env.close()
 
 
-def cli_environment(pause_at: int | None = None, marker: Path | None = None) -> dict[str, str]:
-    """Environment of a CLI subprocess; with `pause_at`, tests/hooks holds the run after that step
-    until a signal reaches it (see tests/hooks/sitecustomize.py), writing `marker` when it gets there."""
+def cli_environment(
+    pause_at: int | None = None, marker: Path | None = None, scripted_success: bool = False
+) -> dict[str, str]:
+    """Environment of a CLI subprocess. With `pause_at`, tests/hooks holds the run after that step
+    until a signal reaches it, writing `marker` when it gets there; with `scripted_success`, eval
+    success rates become a deterministic function of the real returns (see tests/hooks)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    if pause_at is not None or scripted_success:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOKS), env.get("PYTHONPATH")]))
     if pause_at is not None:
         assert marker is not None, "a paused run needs a marker file to announce the pause"
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOKS), env.get("PYTHONPATH")]))
         env["MTRL_FAMO_TEST_PAUSE_AT"] = str(pause_at)
         env["MTRL_FAMO_TEST_PAUSE_MARKER"] = str(marker)
+    if scripted_success:
+        env["MTRL_FAMO_TEST_SCRIPTED_SUCCESS"] = "1"
     return env
 
 
-def run_cli(*overrides: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *overrides: str, cwd: Path | None = None, timeout: float = 600, scripted_success: bool = False
+) -> subprocess.CompletedProcess:
     """Run `python -m mtrl_famo.train` as a user would, from a directory outside the repo."""
     return subprocess.run(
         [sys.executable, "-m", "mtrl_famo.train", *overrides],
-        cwd=cwd, env=cli_environment(), capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=cli_environment(scripted_success=scripted_success), capture_output=True, text=True,
+        timeout=timeout,
     )
 
 

@@ -304,13 +304,20 @@ def test_compute_report_refuses_a_sweep_without_runs(tmp_path):
 
 def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
     sweep_dir = tmp_path / "multirun"
-    result = run_cli("-m", *TINY_RUN, "balancer=mtsac", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    result = run_cli("-m", *TINY_RUN, "balancer=mtsac", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+                     scripted_success=True)
     assert result.returncode == 0, result.stderr[-3000:]
     report = build_report(sweep_dir, reps=REPS)
     row = group(report, "custom", "mtsac")
     assert row["seeds_complete"] == [0, 1] and report["incomplete"] == []
     data = [tb_scalars(sweep_dir / "custom" / "mtsac" / f"seed={seed}", ("eval/success_rate",)) for seed in (0, 1)]
     final = [d["eval/success_rate"][-1] for d in data]
+    # Precondition (tests/hooks scripts success from the real returns): final, best, first, per-task
+    # and per-seed values differ, so a report that mixed them up could not match.
+    per_task_final = [d[f"eval/success_rate/{task}"][-1][1] for d in data for task in ("reach-v3", "push-v3")]
+    assert len(set(per_task_final)) > 1
+    assert any(max(v for _, v in d["eval/success_rate"]) != d["eval/success_rate"][-1][1] for d in data)
+    assert len({v for _, v in final}) > 1
     assert [step for step, _ in final] == [120, 120]
     assert row["final_success"]["point"] == pytest.approx(np.mean([v for _, v in final]))
     assert row["best_success"]["point"] == pytest.approx(np.mean([max(v for _, v in d["eval/success_rate"]) for d in data]))

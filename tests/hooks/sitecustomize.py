@@ -1,11 +1,18 @@
-"""Test-only hook: hold a training run at a chosen step until a signal reaches it.
+"""Test-only hooks, loaded by the interpreter at start-up (`sitecustomize`) when a test puts this
+folder on PYTHONPATH. Each is switched on by its own environment variable; without them nothing
+happens.
 
-Loaded by the interpreter at start-up (`sitecustomize`) when a test puts this folder on
-PYTHONPATH and sets MTRL_FAMO_TEST_PAUSE_AT=<env step>. The run then stops right after that
-step, writes MTRL_FAMO_TEST_PAUSE_MARKER (its pid), and waits until one of the signals the
-preemption guard catches has been handled (or until it is killed). So the TEST, not the
+MTRL_FAMO_TEST_PAUSE_AT=<env step> (with MTRL_FAMO_TEST_PAUSE_MARKER=<path>): hold a training run
+right after that step, write the marker (the pid), and wait until one of the signals the
+preemption guard catches has been handled (or the process is killed). So the TEST, not the
 scheduler, decides where an interrupted run stops. Only the first attempt pauses: once the
 marker exists (a resumed or re-queued attempt), the hook does nothing.
+
+MTRL_FAMO_TEST_SCRIPTED_SUCCESS=1: tiny test runs never succeed, so every success rate they log is
+0 and a report that mixed up final, best and per-task values would still match them. This hook
+replaces each evaluated success rate by a value in {0, 0.5, 1} derived from the same evaluation's
+real mean return, so the values differ between steps, tasks and seeds yet stay a deterministic
+function of the run (identical in an interrupted-and-resumed run).
 """
 
 from __future__ import annotations
@@ -13,15 +20,12 @@ from __future__ import annotations
 import os
 import time
 
-PAUSE_AT = os.environ.get("MTRL_FAMO_TEST_PAUSE_AT")
-MARKER = os.environ.get("MTRL_FAMO_TEST_PAUSE_MARKER")
 WAIT_S = 300.0
 
 
-def _install() -> None:
+def _install_pause(pause_at: int, marker: str | None) -> None:
     from mtrl_famo import preemption, trainer
 
-    pause_at = int(PAUSE_AT)
     caught: list[int] = []
     original_flag = preemption.PreemptionGuard._flag
     original_step = trainer.Trainer.step
@@ -32,9 +36,9 @@ def _install() -> None:
 
     def step(self) -> None:
         original_step(self)
-        if self.env_step != pause_at or MARKER is None or os.path.exists(MARKER):
+        if self.env_step != pause_at or marker is None or os.path.exists(marker):
             return
-        with open(MARKER, "w") as handle:
+        with open(marker, "w") as handle:
             handle.write(str(os.getpid()))
         deadline = time.monotonic() + WAIT_S
         while not caught:
@@ -46,5 +50,22 @@ def _install() -> None:
     trainer.Trainer.step = step
 
 
-if PAUSE_AT is not None:
-    _install()
+def _install_scripted_success() -> None:
+    import numpy as np
+
+    from mtrl_famo import evaluator
+
+    original_evaluate = evaluator.evaluate
+
+    def evaluate(policy, env, num_episodes):  # noqa: ANN001, ANN202 - same signature as the original
+        result = original_evaluate(policy, env, num_episodes)
+        result.success_rate = np.floor(np.abs(result.mean_return) * 7.0) % 3 / 2.0
+        return result
+
+    evaluator.evaluate = evaluate
+
+
+if os.environ.get("MTRL_FAMO_TEST_PAUSE_AT") is not None:
+    _install_pause(int(os.environ["MTRL_FAMO_TEST_PAUSE_AT"]), os.environ.get("MTRL_FAMO_TEST_PAUSE_MARKER"))
+if os.environ.get("MTRL_FAMO_TEST_SCRIPTED_SUCCESS") == "1":
+    _install_scripted_success()
