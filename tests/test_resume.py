@@ -39,6 +39,7 @@ def checkpoint_step(run_dir: Path, name: str = checkpoint.LATEST) -> int:
 
 def assert_same_run(reference: Path, resumed: Path) -> None:
     expected, got = tb_scalars(reference, DETERMINISTIC_TAGS), tb_scalars(resumed, DETERMINISTIC_TAGS)
+    assert {"loss/critic", "loss/actor", "eval/return", "eval/success_rate", "train/success_rate"} <= set(expected)
     assert set(got) == set(expected)
     for tag, points in got.items():
         steps = [step for step, _ in points]
@@ -169,6 +170,7 @@ def test_finished_run_with_more_steps_trains_on_exactly(balancer: str, tmp_path:
 
     assert summary["env_steps"] == 100 and summary["complete"]
     expected, got = tb_scalars(reference, DETERMINISTIC_TAGS), tb_scalars(run, DETERMINISTIC_TAGS)
+    assert {"loss/critic", "loss/actor", "eval/return", "train/success_rate"} <= set(expected)
     assert set(got) == set(expected)
     for tag, points in expected.items():
         assert got[tag] == points, f"{tag} differs from the run that had steps=100 from the start"

@@ -83,7 +83,7 @@ def submit_sweep(sweep_dir: Path, *overrides: str, pause_at: int | None = None, 
     With `pause_at`, the job (which inherits this environment through sbatch) is held by
     tests/hooks right after that step until a signal reaches it, and writes `marker` there.
     """
-    env = cli_environment(pause_at, marker)
+    env = cli_environment(pause_at, marker, scripted_success=True)  # success rates that differ (tests/hooks)
     del env["OMP_NUM_THREADS"]  # the jobs set it themselves (LAUNCHER's setup)
     command = [sys.executable, "-m", "mtrl_famo.train", "-m", *SWEEP_RUN, *LAUNCHER,
                f"hydra.sweep.dir={sweep_dir}", *overrides]
@@ -163,6 +163,7 @@ def test_report_of_the_sweep_matches_its_event_files(sweep: Path, tmp_path: Path
     report = json.loads((tmp_path / REPORT_JSON).read_text())
     assert [(g["env"], g["balancer"], g["n_complete"]) for g in report["groups"]] == [("custom", "famo", 2), ("custom", "mtsac", 2)]
     assert report["incomplete"] == [] and report["skipped"] == []
+    every_final_and_best = []
     for group in report["groups"]:
         finals, bests = [], []
         for seed in (0, 1):
@@ -172,6 +173,10 @@ def test_report_of_the_sweep_matches_its_event_files(sweep: Path, tmp_path: Path
         assert group["final_success"]["point"] == pytest.approx(sum(finals) / 2)
         assert group["best_success"]["point"] == pytest.approx(sum(bests) / 2)
         assert group["curve"]["steps"] == list(range(80, STEPS + 1, 80))
+        every_final_and_best += finals + bests
+    # Precondition (success scripted from real returns by tests/hooks): the numbers compared above
+    # are not all the same value, so a report that mixed them up could not match.
+    assert len(set(every_final_and_best)) > 1
     rows = [line for line in (tmp_path / REPORT_MD).read_text().splitlines() if line.startswith("| custom |")]
     assert [row.split("|")[2].strip() for row in rows] == ["famo", "mtsac"]
     assert (tmp_path / CURVES_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import tb_scalars
 
-from mtrl_famo.envs import EnvSpec
+from mtrl_famo.agents.networks import is_task_specific
 from mtrl_famo.balancers import FAMO, MeanLoss, PCGrad
-from mtrl_famo.config import AgentConfig, BalancerConfig, TrainConfig, validate
-from mtrl_famo.metrics import MetricsWriter
+from mtrl_famo.config import compose
 from mtrl_famo.envs import EpisodeTracker
+from mtrl_famo.metrics import MetricsWriter
 from mtrl_famo.trainer import Trainer
 
 TASKS = ("reach-v3", "push-v3")
@@ -27,21 +27,15 @@ GOAL = slice(36, 39)  # the goal position inside Metaworld's 39-dim observation
 
 
 def make_trainer(tmp_path, *, seed: int = 0, warmup: int = 3, updates_per_step: int = 1,
-                 balancer: BalancerConfig | None = None) -> Trainer:
-    config = TrainConfig(
-        env=EnvSpec(name="custom", tasks=TASKS, max_episode_steps=HORIZON),
-        agent=AgentConfig(hidden_dim=16, num_layers=1, batch_size_per_task=4, warmup_steps=warmup,
-                          replay_size=1000, updates_per_step=updates_per_step),
-        balancer=balancer or BalancerConfig(),
-        seed=seed,
-        device="cpu",
-        steps=100,
-        run_dir=str(tmp_path / f"run-seed{seed}"),
-        progress=False,
-        eval_every=100,
-        log_every=100,
+                 balancer: tuple[str, ...] = ("balancer=mtsac",)) -> Trainer:
+    """A trainer built from the config the CLI would compose for these overrides."""
+    config = compose(
+        "env=custom", f"env.tasks=[{','.join(TASKS)}]", f"env.max_episode_steps={HORIZON}",
+        "agent.hidden_dim=16", "agent.num_layers=1", "agent.batch_size_per_task=4", f"agent.warmup_steps={warmup}",
+        "agent.replay_size=1000", f"agent.updates_per_step={updates_per_step}", *balancer,
+        f"seed={seed}", "device=cpu", "steps=100", f"run_dir={tmp_path / f'run-seed{seed}'}", "progress=false",
+        "eval.every=100", "log.every=100",
     )
-    validate(config)
     return Trainer(config)
 
 
@@ -195,8 +189,9 @@ def test_updates_start_after_warmup_with_updates_per_step_each(trainers, tmp_pat
 @pytest.mark.parametrize(
     "balancer, balanced, plain",
     [
-        (BalancerConfig(name="famo", apply_to=("critic",), options={"w_lr": 0.05, "gamma": 0.01}), "critic", "actor"),
-        (BalancerConfig(name="pcgrad", apply_to=("actor",), options={"reduction": "sum"}), "actor", "critic"),
+        (("balancer=famo", "balancer.apply_to=[critic]", "balancer.options.w_lr=0.05", "balancer.options.gamma=0.01"),
+         "critic", "actor"),
+        (("balancer=pcgrad", "balancer.apply_to=[actor]", "balancer.options.reduction=sum"), "actor", "critic"),
     ],
     ids=["famo-critic", "pcgrad-actor"],
 )
@@ -206,20 +201,30 @@ def test_balancer_applies_only_to_the_losses_named(trainers, tmp_path, balancer,
     # The other loss keeps plain MT-SAC's mean loss (MeanLoss takes no options: had the options
     # gone to it, building it would have failed).
     assert type(other) is MeanLoss
-    if balancer.name == "famo":
-        assert type(chosen) is FAMO
+    seen: list[torch.Tensor] = []
+    if type(chosen) is FAMO:
         group = chosen.optimizer.param_groups[0]
         assert (group["lr"], group["weight_decay"]) == (0.05, 0.01)  # the options reached it
-        state = lambda: chosen.logits.detach().clone()  # moves at each FAMO update
+        original = chosen.update
+        chosen.update = lambda before, after: (seen.append(before.clone()), original(before, after))[1]
     else:
-        assert type(chosen) is PCGrad
-        assert chosen.reduction == "sum"
-        state = lambda: chosen.generator.get_state()  # draws at each PCGrad combine
-    before = state()
+        assert type(chosen) is PCGrad and chosen.reduction == "sum"
+        original = chosen.combine
+        chosen.combine = lambda grads: (seen.append(grads.clone()), original(grads))[1]
     for _ in range(4):
         trainer.step()
-    assert trainer.learner.num_updates == 2
-    assert not torch.equal(state(), before), f"the {balanced} updates did not go through {balancer.name}"
+    assert trainer.learner.num_updates == 2 and len(seen) == 2
+    if type(chosen) is FAMO:
+        # FAMO saw the losses of the loss it was applied to: the critic losses of each update.
+        for before, update in zip(seen, trainer.metrics.updates, strict=True):
+            torch.testing.assert_close(before, update.critic_loss)
+    else:
+        # PCGrad combined gradients of the actor's shared parameters, not the critic's.
+        def shared_size(module: torch.nn.Module) -> int:
+            return sum(p.numel() for n, p in module.named_parameters() if not is_task_specific(n))
+
+        assert shared_size(trainer.agent.actor) != shared_size(trainer.agent.critic)
+        assert all(grads.shape == (K, shared_size(trainer.agent.actor)) for grads in seen)
 
 
 # ----- 5. episode success (any step) and return (sum), as logged ---------------------------------
