@@ -53,8 +53,9 @@ class Actor(nn.Module):
         hidden_dim: int,
         num_layers: int,
         num_tasks: int,
-        log_std_min: float = -20.0,
-        log_std_max: float = 2.0,
+        *,
+        log_std_min: float,
+        log_std_max: float,
     ):
         super().__init__()
         self.net = MultiHeadMLP(obs_dim, 2 * action_dim, hidden_dim, num_layers, num_tasks)

@@ -16,28 +16,40 @@ from torch import nn
 
 from mtrl_famo.agents.networks import Actor, TwinCritic
 
+# The balanced losses that can be negative: the actor loss E[alpha log pi(a|s) - min Q(s, a)] is
+# below zero whenever Q exceeds alpha log pi, which in SAC it normally does. (The critic loss is a
+# squared error, never negative.) Balancers that need positive losses are refused for these.
+LOSSES_THAT_CAN_BE_NEGATIVE = frozenset({"actor"})
+
 
 class MultiTaskSAC(nn.Module):
-    """Actor, twin critics, target critics and one learned temperature per task."""
+    """Actor, twin critics, target critics and one learned temperature per task.
+
+    Every hyperparameter is a required keyword: their defaults live in configs/agent/sac.yaml
+    (build with `mtrl_famo.build.build_agent` to get them).
+    """
 
     def __init__(
         self,
         obs_dim: int,
         action_dim: int,
         num_tasks: int,
-        hidden_dim: int = 400,
-        num_layers: int = 3,
-        discount: float = 0.99,
-        init_temperature: float = 1.0,
-        log_std_min: float = -20.0,
-        log_std_max: float = 2.0,
+        *,
+        hidden_dim: int,
+        num_layers: int,
+        discount: float,
+        init_temperature: float,
+        log_std_min: float,
+        log_std_max: float,
     ):
         super().__init__()
         self.num_tasks = num_tasks
         self.action_dim = action_dim
         self.discount = discount
         self.target_entropy = -float(action_dim)
-        self.actor = Actor(obs_dim, action_dim, hidden_dim, num_layers, num_tasks, log_std_min, log_std_max)
+        self.actor = Actor(
+            obs_dim, action_dim, hidden_dim, num_layers, num_tasks, log_std_min=log_std_min, log_std_max=log_std_max
+        )
         self.critic = TwinCritic(obs_dim, action_dim, hidden_dim, num_layers, num_tasks)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         # Shape [K, 1] so that it broadcasts against [K, B] (and [1] against [B] per task).

@@ -33,13 +33,16 @@ def benchmark_task_names(name: str) -> list[str]:
 
 @dataclass(frozen=True)
 class EnvSpec:
-    """What to build. `tasks` is only read for `mt1` (one task) and `custom` (a list)."""
+    """What to build. `tasks` is only read for `mt1` (one task) and `custom` (a list).
+
+    No defaults here: those of a run live in configs/env/*.yaml (`mtrl_famo.config.compose`).
+    """
 
     name: str
-    tasks: tuple[str, ...] = ()
-    one_hot: bool = True
-    vector_strategy: str = "sync"
-    max_episode_steps: int = 500
+    one_hot: bool
+    vector_strategy: str
+    max_episode_steps: int
+    tasks: tuple[str, ...] = ()  # no default of a run: configs/env/*.yaml set it; mt10/mt50 ignore it
 
     def task_names(self) -> list[str]:
         if self.name in ("mt10", "mt50"):
@@ -52,8 +55,7 @@ class EnvSpec:
             raise ValueError(f"Unknown env '{self.name}'; choose one of {', '.join(BENCHMARKS)}.")
         if self.vector_strategy not in VECTOR_STRATEGIES:
             raise ValueError(
-                f"Unknown env.vector_strategy '{self.vector_strategy}'; choose one of "
-                f"{', '.join(VECTOR_STRATEGIES)}."
+                f"Unknown env.vector_strategy '{self.vector_strategy}'; choose one of {', '.join(VECTOR_STRATEGIES)}."
             )
         if not 1 <= self.max_episode_steps <= 500:
             raise ValueError(
@@ -122,7 +124,7 @@ def build_env(spec: EnvSpec, seed: int) -> MultiTaskEnv:
     `Meta-World/custom-mt-envs` uses, built here because that entry point turns seed 0 into
     "unseeded" (`seed=None if not seed else seed + idx`), which would break reproducibility.
     """
-    import metaworld  # noqa: F401  (registers the Meta-World/* ids)
+    import metaworld
 
     spec.validate()
     names = spec.task_names()

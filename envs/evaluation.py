@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -29,7 +29,8 @@ class EvalResult:
 def evaluate(policy: Policy, env: MultiTaskEnv, num_episodes: int) -> EvalResult:
     """Run `num_episodes` full episodes per task with `policy` (obs [K, obs_dim] -> actions).
 
-    Episodes are scored by `EpisodeTracker` (success at ANY step, summed return). Rows may finish episodes at different steps; each row counts its first `num_episodes`.
+    Episodes are scored by `EpisodeTracker` (success at ANY step, summed return). Rows may finish
+    episodes at different steps; each row counts its first `num_episodes`.
     """
     k = env.num_tasks
     obs = env.reset()

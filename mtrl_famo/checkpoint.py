@@ -57,8 +57,10 @@ def load_latest(run_dir: Path, map_location: torch.device | str = "cpu") -> dict
             continue
         try:
             state = _read(path, map_location)
-        except Exception as error:  # noqa: BLE001 - any unreadable file means: try the older one
-            failures.append(f"{path}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+        except Exception as error:
+            failures.append(
+                f"{path}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            )
             continue
         if failures:
             warnings.warn(
@@ -68,5 +70,7 @@ def load_latest(run_dir: Path, map_location: torch.device | str = "cpu") -> dict
             )
         return state
     if failures:
-        raise CheckpointError(f"No checkpoint in {run_dir} can be read ({'; '.join(failures)}); delete them to start afresh.")
+        raise CheckpointError(
+            f"No checkpoint in {run_dir} can be read ({'; '.join(failures)}); delete them to start afresh."
+        )
     return None

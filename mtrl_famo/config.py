@@ -1,15 +1,21 @@
-"""Typed view of the Hydra config and its validation (one clear sentence per mistake)."""
+"""Typed view of the Hydra config and its validation (one clear sentence per mistake).
+
+The config files under configs/ are the one home of every run default: the dataclasses here
+have no defaults, and `from_dict` requires every key (a missing or unknown key is one sentence).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mtrl_famo.envs.builder import EnvSpec
 from mtrl_famo import balancers
+from mtrl_famo.agents.sac import LOSSES_THAT_CAN_BE_NEGATIVE
+from mtrl_famo.envs.builder import EnvSpec
 from mtrl_famo.learner import BALANCED_LOSSES
-
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -20,44 +26,91 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AgentConfig:
-    hidden_dim: int = 400
-    num_layers: int = 3
-    batch_size_per_task: int = 128
-    warmup_steps: int = 1500
-    replay_size: int = 1_000_000
-    updates_per_step: int = 1
-    lr: float = 3e-4
-    discount: float = 0.99
-    tau: float = 0.005
-    actor_update_every: int = 1
-    target_update_every: int = 1
-    init_temperature: float = 1.0
-    log_std_min: float = -20.0
-    log_std_max: float = 2.0
+    """configs/agent/sac.yaml, key for key (documented and defaulted there)."""
+
+    hidden_dim: int
+    num_layers: int
+    batch_size_per_task: int
+    warmup_steps: int
+    replay_size: int
+    updates_per_step: int
+    lr: float
+    discount: float
+    tau: float
+    actor_update_every: int
+    target_update_every: int
+    init_temperature: float
+    log_std_min: float
+    log_std_max: float
 
 
 @dataclass(frozen=True)
 class BalancerConfig:
-    name: str = "mtsac"
-    apply_to: tuple[str, ...] = ("critic", "actor")
-    options: dict[str, Any] = field(default_factory=dict)
+    """configs/balancer/<name>.yaml: the method, the losses it balances and its options."""
+
+    name: str
+    apply_to: tuple[str, ...]
+    options: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """configs/config.yaml with its env, agent and balancer groups (see FIELD_KEYS for the nested keys)."""
+
     env: EnvSpec
     agent: AgentConfig
     balancer: BalancerConfig
-    seed: int = 0
-    device: str = "auto"
-    steps: int = 2_000_000
-    run_dir: str = "runs/default"
-    progress: bool = True
-    eval_every: int = 30_000
-    eval_episodes: int = 10
-    log_every: int = 1000
-    conflicts_every: int = 100
-    checkpoint_every: int = 50_000
+    seed: int
+    device: str
+    steps: int
+    run_dir: str
+    progress: bool
+    eval_every: int
+    eval_episodes: int
+    log_every: int
+    conflicts_every: int
+    checkpoint_every: int
+
+
+# Where each plain TrainConfig field sits in the config tree.
+FIELD_KEYS: dict[str, tuple[str, ...]] = {
+    "seed": ("seed",),
+    "device": ("device",),
+    "steps": ("steps",),
+    "run_dir": ("run_dir",),
+    "progress": ("progress",),
+    "eval_every": ("eval", "every"),
+    "eval_episodes": ("eval", "episodes"),
+    "log_every": ("log", "every"),
+    "conflicts_every": ("log", "conflicts_every"),
+    "checkpoint_every": ("checkpoint", "every"),
+}
+SECTIONS = ("env", "agent", "balancer", "eval", "log", "checkpoint")
+ENV_EXTRA_KEYS = ("task",)  # env=mt1's single task name, read through `tasks: ["${env.task}"]`
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _section(cfg: Any, where: str, required: Iterable[str], optional: Iterable[str] = ()) -> dict[str, Any]:
+    """`cfg` as a dict with exactly the `required` keys (plus any of `optional`); else one sentence."""
+    required, optional = tuple(required), tuple(optional)
+    prefix = f"{where}." if where else ""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"Config key {where} must be a group of keys ({', '.join(required)}), got {cfg!r}.")
+    for key in required:
+        if key not in cfg:
+            raise ConfigError(
+                f"Config key {prefix}{key} is missing; restore it in its file under configs/ "
+                f"(`python -m mtrl_famo.train --cfg job` shows the full config) or pass +{prefix}{key}=<value>."
+            )
+    unknown = sorted(str(key) for key in cfg if key not in required and key not in optional)
+    if unknown:
+        raise ConfigError(
+            f"Unknown config key {prefix}{unknown[0]}; valid keys there are {', '.join(required + optional)}."
+        )
+    return dict(cfg)
 
 
 def _positive(name: str, value: Any) -> None:
@@ -71,49 +124,81 @@ def _in_range(name: str, value: float, low: float, high: float) -> None:
 
 
 def from_dict(cfg: dict[str, Any]) -> TrainConfig:
-    """Build and validate a TrainConfig from the resolved Hydra config (a plain dict)."""
-    env_cfg = dict(cfg["env"])
-    agent_cfg = dict(cfg["agent"])
-    balancer_cfg = dict(cfg["balancer"])
-    eval_cfg = dict(cfg.get("eval", {}))
-    log_cfg = dict(cfg.get("log", {}))
-    checkpoint_cfg = dict(cfg.get("checkpoint", {}))
+    """Build and validate a TrainConfig from the resolved Hydra config (a plain dict).
 
+    Every key is required (the files under configs/ give each its default); a missing or an
+    unknown key is refused in one sentence rather than filled in here.
+    """
+    top = _section(cfg, "", [*(keys[0] for keys in FIELD_KEYS.values() if len(keys) == 1), *SECTIONS])
+    sections = {
+        "env": _section(top["env"], "env", _names(EnvSpec), ENV_EXTRA_KEYS),
+        "agent": _section(top["agent"], "agent", _names(AgentConfig)),
+        "balancer": _section(top["balancer"], "balancer", _names(BalancerConfig)),
+        **{
+            name: _section(top[name], name, [keys[1] for keys in FIELD_KEYS.values() if keys[0] == name])
+            for name in ("eval", "log", "checkpoint")
+        },
+    }
+    env_cfg, balancer_cfg = sections["env"], sections["balancer"]
     env = EnvSpec(
         name=str(env_cfg["name"]),
-        tasks=tuple(str(t) for t in env_cfg.get("tasks") or ()),
-        one_hot=bool(env_cfg.get("one_hot", True)),
-        vector_strategy=str(env_cfg.get("vector_strategy", "sync")),
-        max_episode_steps=int(env_cfg.get("max_episode_steps", 500)),
+        tasks=tuple(str(t) for t in env_cfg["tasks"] or ()),
+        one_hot=bool(env_cfg["one_hot"]),
+        vector_strategy=str(env_cfg["vector_strategy"]),
+        max_episode_steps=int(env_cfg["max_episode_steps"]),
     )
-    unknown_agent = set(agent_cfg) - set(AgentConfig.__dataclass_fields__)
-    if unknown_agent:
-        raise ConfigError(
-            f"Unknown agent option(s) {sorted(unknown_agent)}; valid ones are {', '.join(AgentConfig.__dataclass_fields__)}."
-        )
-    agent = AgentConfig(**agent_cfg)
     balancer = BalancerConfig(
         name=str(balancer_cfg["name"]),
-        apply_to=tuple(balancer_cfg.get("apply_to") or ()),
-        options=dict(balancer_cfg.get("options") or {}),
+        apply_to=tuple(balancer_cfg["apply_to"] or ()),
+        options=dict(balancer_cfg["options"] or {}),
     )
-    config = TrainConfig(
-        env=env,
-        agent=agent,
-        balancer=balancer,
-        seed=cfg.get("seed", 0),
-        device=str(cfg.get("device", "auto")),
-        steps=cfg.get("steps", 2_000_000),
-        run_dir=str(cfg.get("run_dir", "runs/default")),
-        progress=bool(cfg.get("progress", True)),
-        eval_every=eval_cfg.get("every", 30_000),
-        eval_episodes=eval_cfg.get("episodes", 10),
-        log_every=log_cfg.get("every", 1000),
-        conflicts_every=log_cfg.get("conflicts_every", 100),
-        checkpoint_every=checkpoint_cfg.get("every", 50_000),
+    plain = {
+        field: top[keys[0]] if len(keys) == 1 else sections[keys[0]][keys[1]] for field, keys in FIELD_KEYS.items()
+    }
+    plain["device"], plain["run_dir"], plain["progress"] = (
+        str(plain["device"]),
+        str(plain["run_dir"]),
+        bool(plain["progress"]),
     )
+    config = TrainConfig(env=env, agent=AgentConfig(**sections["agent"]), balancer=balancer, **plain)
     validate(config)
     return config
+
+
+def check_device(device: str) -> None:
+    """`auto`, `cpu`, `cuda` or `cuda:N`, and a CUDA device only where this machine has one."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if device not in ("auto", "cpu") and match is None:
+        raise ConfigError(f"device={device} is invalid; choose auto, cpu, cuda or cuda:N.")
+    if match is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={device} was asked for but this machine has no usable CUDA device (torch.cuda.is_available() is "
+            "False); use device=cpu, or device=auto to take a GPU only where there is one."
+        )
+    count = torch.cuda.device_count()
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        raise ConfigError(
+            f"device={device} does not exist; this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}."
+        )
+
+
+def check_positive_losses(balancer: BalancerConfig, built: balancers.Balancer) -> None:
+    """Refuse a balancer that needs positive losses on a loss that is normally negative (SAC's actor loss)."""
+    for loss in balancer.apply_to:
+        if loss in LOSSES_THAT_CAN_BE_NEGATIVE and not built.accepts_negative_losses():
+            bound = type(built).loss_bound_option
+            bound_fix = f", or set balancer.options.{bound} below the lowest {loss} loss" if bound else ""
+            others = [name for name in balancer.apply_to if name not in LOSSES_THAT_CAN_BE_NEGATIVE] or ["critic"]
+            raise ConfigError(
+                f"balancer={balancer.name} needs positive losses but balancer.apply_to includes the {loss} loss, "
+                "which in "
+                f"SAC (alpha log pi - Q) is normally negative and would stop training with an error; keep "
+                f"balancer.apply_to=[{','.join(others)}]{bound_fix}."
+            )
 
 
 def validate(config: TrainConfig) -> None:
@@ -131,21 +216,33 @@ def validate(config: TrainConfig) -> None:
     _positive("log.conflicts_every", config.conflicts_every)
     every = config.checkpoint_every
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-        raise ConfigError(f"checkpoint.every={every} is invalid; it must be a non-negative integer (0 = only at the end and on signals).")
+        raise ConfigError(
+            f"checkpoint.every={every} is invalid; it must be a non-negative integer "
+            "(0 = only at the end and on signals)."
+        )
     if config.eval_every > config.steps:
         raise ConfigError(
             f"eval.every={config.eval_every} is larger than steps={config.steps}; no evaluation would run, "
             "choose eval.every <= steps."
         )
     agent = config.agent
-    for name in ("hidden_dim", "num_layers", "batch_size_per_task", "replay_size", "updates_per_step",
-                 "actor_update_every", "target_update_every"):
+    for name in (
+        "hidden_dim",
+        "num_layers",
+        "batch_size_per_task",
+        "replay_size",
+        "updates_per_step",
+        "actor_update_every",
+        "target_update_every",
+    ):
         _positive(f"agent.{name}", getattr(agent, name))
     if not isinstance(agent.warmup_steps, int) or agent.warmup_steps < 0:
         raise ConfigError(f"agent.warmup_steps={agent.warmup_steps} is invalid; it must be a non-negative integer.")
     num_tasks = len(config.env.task_names())
     if agent.replay_size < num_tasks:
-        raise ConfigError(f"agent.replay_size={agent.replay_size} is smaller than the {num_tasks} tasks; give each task room.")
+        raise ConfigError(
+            f"agent.replay_size={agent.replay_size} is smaller than the {num_tasks} tasks; give each task room."
+        )
     if agent.lr <= 0:
         raise ConfigError(f"agent.lr={agent.lr} is invalid; it must be positive.")
     _in_range("agent.discount", agent.discount, 0.0, 1.0)
@@ -154,30 +251,48 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"agent.init_temperature={agent.init_temperature} is invalid; it must be positive.")
     if agent.log_std_min >= agent.log_std_max:
         raise ConfigError(f"agent.log_std_min={agent.log_std_min} must be below agent.log_std_max={agent.log_std_max}.")
-    if config.device != "auto" and not (config.device == "cpu" or config.device.startswith("cuda")):
-        raise ConfigError(f"device={config.device} is invalid; choose auto, cpu, cuda or cuda:N.")
+    check_device(config.device)
 
     balancer = config.balancer
     if balancer.name not in balancers.NAMES:
         raise ConfigError(f"Unknown balancer '{balancer.name}'; choose one of {', '.join(balancers.NAMES)}.")
     for loss in balancer.apply_to:
         if loss not in BALANCED_LOSSES:
-            raise ConfigError(f"balancer.apply_to names unknown loss '{loss}'; choose from {', '.join(BALANCED_LOSSES)}.")
+            raise ConfigError(
+                f"balancer.apply_to names unknown loss '{loss}'; choose from {', '.join(BALANCED_LOSSES)}."
+            )
     try:
-        balancers.make(balancer.name, num_tasks, **balancer.options)
+        built = balancers.make(balancer.name, num_tasks, **balancer.options)
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from None
+    check_positive_losses(balancer, built)
+
+    from mtrl_famo.build import check_memory  # late: mtrl_famo.build imports this module
+
+    check_memory(config)
 
 
 def compose(*overrides: str) -> TrainConfig:
     """The validated TrainConfig that `python -m mtrl_famo.train <overrides>` would run.
 
-    For scripts and tests: the same config files, the same Hydra composition, the same checks.
+    For scripts and tests: the same config files, the same Hydra composition, the same checks;
+    an override Hydra cannot apply is a ConfigError too.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    return from_dict(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        first_line = str(error).strip().splitlines()[0]
+        if first_line.startswith("Could not override"):
+            first_line = (
+                first_line.rstrip(".") + ": no such config key; `python -m mtrl_famo.train --cfg job` lists them all."
+            )
+        raise ConfigError(first_line) from None
+    return from_dict(resolved)

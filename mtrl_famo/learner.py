@@ -25,7 +25,7 @@ class UpdateResult:
     conflicts: dict[str, ConflictStats]  # loss name -> statistics, when asked for and computed
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], device: torch.device) -> "UpdateResult":
+    def from_dict(cls, values: dict[str, Any], device: torch.device) -> UpdateResult:
         """Inverse of `dataclasses.asdict` (checkpoints), tensors moved to `device`."""
         conflicts = {
             loss: ConflictStats(**{name: tensor.to(device) for name, tensor in stats.items()})
@@ -46,10 +46,11 @@ class SACLearner:
         self,
         agent: MultiTaskSAC,
         balancers: dict[str, Balancer],
-        lr: float = 3e-4,
-        tau: float = 0.005,
-        actor_update_every: int = 1,
-        target_update_every: int = 1,
+        *,
+        lr: float,
+        tau: float,
+        actor_update_every: int,
+        target_update_every: int,
         generator: torch.Generator | None = None,
     ):
         missing = set(BALANCED_LOSSES) - set(balancers)

@@ -26,7 +26,7 @@ class PreemptionGuard:
         self.pending: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
-    def __enter__(self) -> "PreemptionGuard":
+    def __enter__(self) -> PreemptionGuard:
         for signum in self.signals:
             try:
                 self._previous[signum] = signal.signal(signum, self._flag)

@@ -26,9 +26,10 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -169,7 +170,9 @@ def read_config(run_dir: Path) -> tuple[str, str, int, int]:
         env, balancer = str(cfg["env"]["name"]), str(cfg["balancer"]["name"])
         seed, steps = int(cfg["seed"]), int(cfg["steps"])
     except (KeyError, TypeError, ValueError) as error:
-        raise ReportError(f"{run_dir / CONFIG_FILE} lacks env.name, balancer.name, seed or steps ({error!r}).") from None
+        raise ReportError(
+            f"{run_dir / CONFIG_FILE} lacks env.name, balancer.name, seed or steps ({error!r})."
+        ) from None
     return env, balancer, seed, steps
 
 
@@ -219,7 +222,7 @@ def discover_runs(sweep_dir: Path) -> tuple[list[RunRecord], list[Skipped]]:
     for run_dir in find_run_dirs(sweep_dir):
         try:
             runs.append(load_run(run_dir))
-        except Exception as error:  # noqa: BLE001 - one broken run must not hide the others
+        except Exception as error:
             skipped.append(Skipped(run_dir, " ".join(f"{type(error).__name__}: {error}".split())))
     return runs, skipped
 
@@ -243,7 +246,9 @@ def iqm(values: Sequence[float]) -> float:
     return float(_column_iqm(np.asarray(values, dtype=np.float64)[:, None, None])[0])
 
 
-def interval_estimates(per_seed: np.ndarray, statistic: str, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def interval_estimates(
+    per_seed: np.ndarray, statistic: str, reps: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point estimate and 95% CI of `statistic` ('mean' or 'iqm') over seeds, for each column.
 
     `per_seed` is `[seeds, columns]` (one column for a final number, one per eval step for a
@@ -262,7 +267,9 @@ def interval_estimates(per_seed: np.ndarray, statistic: str, reps: int, seed: in
     caller_state = np.random.get_state()
     np.random.seed(seed)
     try:
-        _, intervals = library.get_interval_estimates({"x": scores}, func, reps=reps, confidence_interval_size=CONFIDENCE)
+        _, intervals = library.get_interval_estimates(
+            {"x": scores}, func, reps=reps, confidence_interval_size=CONFIDENCE
+        )
     finally:
         np.random.set_state(caller_state)
     low, high = np.asarray(intervals["x"], dtype=np.float64).reshape(2, -1)
@@ -290,9 +297,18 @@ def common_curve(runs: Sequence[RunRecord], reps: int, seed: int) -> dict[str, l
 
 # ----- the report -----------------------------------------------------------------------------
 def _run_json(run: RunRecord) -> dict[str, Any]:
-    return {"env": run.env, "balancer": run.balancer, "seed": run.seed, "steps": run.steps,
-            "last_step": run.last_step, "complete": run.complete, "reason": run.reason,
-            "final_success": run.final_success, "best_success": run.best_success, "run_dir": str(run.run_dir)}
+    return {
+        "env": run.env,
+        "balancer": run.balancer,
+        "seed": run.seed,
+        "steps": run.steps,
+        "last_step": run.last_step,
+        "complete": run.complete,
+        "reason": run.reason,
+        "final_success": run.final_success,
+        "best_success": run.best_success,
+        "run_dir": str(run.run_dir),
+    }
 
 
 def summarise_group(env: str, balancer: str, runs: Sequence[RunRecord], reps: int, seed: int) -> dict[str, Any]:
@@ -316,8 +332,7 @@ def summarise_group(env: str, balancer: str, runs: Sequence[RunRecord], reps: in
         "final_success_iqm": estimate(final, "iqm", reps, seed).to_json(),
         "best_success": estimate(best, "mean", reps, seed).to_json(),
         "final_success_per_task": {task: float(np.mean(values)) for task, values in per_task.items()},
-        "curve": common_curve(done, reps, seed) if done else
-        {"steps": [], "mean": [], "ci_low": [], "ci_high": []},
+        "curve": common_curve(done, reps, seed) if done else {"steps": [], "mean": [], "ci_low": [], "ci_high": []},
     }
 
 
@@ -331,8 +346,10 @@ def consistency_warnings(groups: dict[tuple[str, str], list[RunRecord]]) -> list
             warnings.append(f"{env}/{balancer}: seed {seed} appears in several runs ({dirs}).")
         done = [run for run in members if run.complete]
         if len({run.steps for run in done}) > 1:
-            warnings.append(f"{env}/{balancer}: complete seeds requested different steps "
-                            f"({sorted({run.steps for run in done})}); their final numbers are averaged together.")
+            warnings.append(
+                f"{env}/{balancer}: complete seeds requested different steps "
+                f"({sorted({run.steps for run in done})}); their final numbers are averaged together."
+            )
         if len({tuple(sorted(run.task_success)) for run in done}) > 1:
             warnings.append(f"{env}/{balancer}: complete seeds logged different task sets.")
     return warnings
@@ -342,18 +359,24 @@ def compute_report(sweep_dir: Path | str, reps: int = DEFAULT_REPS, seed: int = 
     """The report's content (what report.json holds), without writing anything."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise ReportError(f"Sweep directory {sweep_dir} does not exist; expected a directory holding runs "
-                          f"(each a {CONFIG_FILE} and TensorBoard event files).")
+        raise ReportError(
+            f"Sweep directory {sweep_dir} does not exist; expected a directory holding runs "
+            f"(each a {CONFIG_FILE} and TensorBoard event files)."
+        )
     if reps < 1:
         raise ReportError(f"--reps={reps} is invalid; it must be a positive integer.")
     runs, skipped = discover_runs(sweep_dir.resolve())
     if not runs and skipped:
-        raise ReportError(f"None of the {len(skipped)} run directories under {sweep_dir} could be read "
-                          f"(first: {skipped[0].run_dir}: {skipped[0].reason}); expected each to hold the "
-                          f"trainer's {CONFIG_FILE} and TensorBoard event files.")
+        raise ReportError(
+            f"None of the {len(skipped)} run directories under {sweep_dir} could be read "
+            f"(first: {skipped[0].run_dir}: {skipped[0].reason}); expected each to hold the "
+            f"trainer's {CONFIG_FILE} and TensorBoard event files."
+        )
     if not runs:
-        raise ReportError(f"No runs found under {sweep_dir}; expected directories holding a {CONFIG_FILE} and "
-                          f"TensorBoard event files ({EVENTS_PREFIX}*).")
+        raise ReportError(
+            f"No runs found under {sweep_dir}; expected directories holding a {CONFIG_FILE} and "
+            f"TensorBoard event files ({EVENTS_PREFIX}*)."
+        )
     runs.sort(key=lambda run: (run.env, run.balancer, run.seed, str(run.run_dir)))
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for run in runs:
@@ -362,8 +385,12 @@ def compute_report(sweep_dir: Path | str, reps: int = DEFAULT_REPS, seed: int = 
     return {
         "sweep_dir": str(sweep_dir.resolve()),
         "units": "success rates are fractions in [0, 1]; steps are environment steps per task",
-        "ci": {"method": "rliable.library.get_interval_estimates (stratified percentile bootstrap over seeds)",
-               "confidence": CONFIDENCE, "reps": reps, "seed": seed},
+        "ci": {
+            "method": "rliable.library.get_interval_estimates (stratified percentile bootstrap over seeds)",
+            "confidence": CONFIDENCE,
+            "reps": reps,
+            "seed": seed,
+        },
         "groups": rows,
         "incomplete": [_run_json(run) for run in runs if not run.complete],
         "runs": [_run_json(run) for run in runs],
@@ -421,8 +448,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     lines.append("")
     header = ["env", "balancer", "steps", "seeds", "final success", "final IQM", "best success"]
-    rows = [[g["env"], g["balancer"], ", ".join(map(str, g["steps"])), format_seeds(g), format_estimate(g["final_success"]),
-             format_estimate(g["final_success_iqm"]), format_estimate(g["best_success"])] for g in report["groups"]]
+    rows = [
+        [
+            g["env"],
+            g["balancer"],
+            ", ".join(map(str, g["steps"])),
+            format_seeds(g),
+            format_estimate(g["final_success"]),
+            format_estimate(g["final_success_iqm"]),
+            format_estimate(g["best_success"]),
+        ]
+        for g in report["groups"]
+    ]
     lines += _table(header, rows)
     for env in sorted({g["env"] for g in report["groups"]}):
         groups = [g for g in report["groups"] if g["env"] == env]
@@ -430,21 +467,39 @@ def render_markdown(report: dict[str, Any]) -> str:
         if not tasks:
             continue
         lines += ["", f"## Final success per task: {env}", ""]
-        lines += _table(["balancer", *tasks],
-                        [[g["balancer"], *(pct(g["final_success_per_task"].get(t)) for t in tasks)] for g in groups])
+        lines += _table(
+            ["balancer", *tasks],
+            [[g["balancer"], *(pct(g["final_success_per_task"].get(t)) for t in tasks)] for g in groups],
+        )
     if report["incomplete"]:
         lines += ["", "## Incomplete runs (excluded from the tables above)", ""]
-        lines += _table(["env", "balancer", "seed", "last eval step / requested", "why", "run dir"],
-                        [[r["env"], r["balancer"], r["seed"], f"{'—' if r['last_step'] is None else r['last_step']} / {r['steps']}",
-                          r["reason"], _relative(r["run_dir"], report["sweep_dir"])] for r in report["incomplete"]])
+        lines += _table(
+            ["env", "balancer", "seed", "last eval step / requested", "why", "run dir"],
+            [
+                [
+                    r["env"],
+                    r["balancer"],
+                    r["seed"],
+                    f"{'—' if r['last_step'] is None else r['last_step']} / {r['steps']}",
+                    r["reason"],
+                    _relative(r["run_dir"], report["sweep_dir"]),
+                ]
+                for r in report["incomplete"]
+            ],
+        )
     if report["skipped"]:
         lines += ["", "## Unreadable run directories (skipped)", ""]
-        lines += _table(["run dir", "why"], [[_relative(s["run_dir"], report["sweep_dir"]), s["reason"]]
-                                             for s in report["skipped"]])
+        lines += _table(
+            ["run dir", "why"], [[_relative(s["run_dir"], report["sweep_dir"]), s["reason"]] for s in report["skipped"]]
+        )
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
-    lines += ["", f"Curves: `{CURVES_PNG}` (mean over seeds with the {int(100 * ci['confidence'])}% band, at eval "
-              "steps common to all complete seeds of a group).", ""]
+    lines += [
+        "",
+        f"Curves: `{CURVES_PNG}` (mean over seeds with the {int(100 * ci['confidence'])}% band, at eval "
+        "steps common to all complete seeds of a group).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -464,10 +519,21 @@ def render_curves(report: dict[str, Any]) -> bytes:
             if not curve["steps"]:
                 continue
             steps = np.asarray(curve["steps"])
-            line, = ax.plot(steps, 100 * np.asarray(curve["mean"]), marker="o", markersize=3,
-                            label=f"{group['balancer']} (n={group['n_complete']})")
-            ax.fill_between(steps, 100 * np.asarray(curve["ci_low"]), 100 * np.asarray(curve["ci_high"]),
-                            color=line.get_color(), alpha=0.2, linewidth=0)
+            (line,) = ax.plot(
+                steps,
+                100 * np.asarray(curve["mean"]),
+                marker="o",
+                markersize=3,
+                label=f"{group['balancer']} (n={group['n_complete']})",
+            )
+            ax.fill_between(
+                steps,
+                100 * np.asarray(curve["ci_low"]),
+                100 * np.asarray(curve["ci_high"]),
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
             plotted = True
         ax.set_title(env)
         ax.set_xlabel("environment steps per task")
@@ -483,15 +549,18 @@ def render_curves(report: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def build_report(sweep_dir: Path | str, out_dir: Path | str | None = None, reps: int = DEFAULT_REPS,
-                 seed: int = 0) -> dict[str, Any]:
+def build_report(
+    sweep_dir: Path | str, out_dir: Path | str | None = None, reps: int = DEFAULT_REPS, seed: int = 0
+) -> dict[str, Any]:
     """Compute the report and write report.md, report.json and success_curves.png atomically into
     `out_dir` (default: the sweep directory); returns what report.json holds."""
     report = compute_report(sweep_dir, reps, seed)
     out = Path(sweep_dir if out_dir is None else out_dir)
     if out.exists() and not out.is_dir():
-        raise ReportError(f"Output path {out} is not a directory; expected a directory for {REPORT_MD}, "
-                          f"{REPORT_JSON} and {CURVES_PNG}.")
+        raise ReportError(
+            f"Output path {out} is not a directory; expected a directory for {REPORT_MD}, "
+            f"{REPORT_JSON} and {CURVES_PNG}."
+        )
     png = render_curves(report)
     with atomic_output(out / CURVES_PNG) as handle:
         handle.write(png)
@@ -519,8 +588,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = args.out or args.sweep_dir
     complete = sum(g["n_complete"] for g in report["groups"])
-    print(f"report: {len(report['groups'])} env×balancer groups, {complete} complete runs, "
-          f"{len(report['incomplete'])} incomplete; wrote {out / REPORT_MD}, {out / REPORT_JSON}, {out / CURVES_PNG}")
+    print(
+        f"report: {len(report['groups'])} env×balancer groups, {complete} complete runs, "
+        f"{len(report['incomplete'])} incomplete; wrote {out / REPORT_MD}, {out / REPORT_JSON}, {out / CURVES_PNG}"
+    )
     return 0
 
 

@@ -8,7 +8,7 @@ per-task parameters (heads, temperatures) enter sliced, so task k sees only its 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -10,8 +13,29 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mtrl_famo.config import CONFIG_DIR, ConfigError, from_dict
+from mtrl_famo.config import CONFIG_DIR, ConfigError, TrainConfig, compose, from_dict
+
 GROUPS = ("env", "balancer", "agent")
+# hydra/launcher choices that need the submitit plugin of the `sweep` extra.
+SUBMITIT_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
+SUBMITIT_PLUGIN = "hydra_plugins.hydra_submitit_launcher"
+
+
+def check_launcher(argv: list[str]) -> None:
+    """Refuse `hydra/launcher=slurm` without the `sweep` extra, naming the install command."""
+    for argument in argv:
+        key, sep, value = argument.partition("=")
+        if not sep or key.lstrip("+~") != "hydra/launcher" or value not in SUBMITIT_LAUNCHERS:
+            continue
+        try:
+            installed = importlib.util.find_spec(SUBMITIT_PLUGIN) is not None
+        except ImportError:  # the parent package hydra_plugins is missing altogether
+            installed = False
+        if not installed:
+            raise ConfigError(
+                f"hydra/launcher={value} needs the hydra-submitit-launcher plugin of the 'sweep' extra, which is not "
+                "installed; install it with pip install -e '.[sweep]' (from the repository root)."
+            )
 
 
 def check_group_choices(argv: list[str]) -> None:
@@ -27,28 +51,43 @@ def check_group_choices(argv: list[str]) -> None:
                 raise ConfigError(f"Unknown {key} '{choice}'; choose one of {', '.join(choices)}.")
 
 
-def check_config(argv: list[str]) -> None:
-    """Validate a single run's full config before Hydra creates any directory.
+def check_config(argv: list[str]) -> TrainConfig | None:
+    """Validate a single run's full config before Hydra creates any directory; returns it.
 
-    Multirun sweeps and Hydra flags (`-m`, `--cfg`, ...) are left to Hydra; each job of a sweep
-    is validated again inside `main`.
+    Multirun sweeps and Hydra flags (`-m`, `--cfg`, ...) are left to Hydra (None); each job of a
+    sweep is validated again inside `main`.
     """
     if any(argument.startswith("-") for argument in argv):
-        return
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+        return None
+    return compose(*argv)
 
+
+def check_run_dir(run_dir: str) -> None:
+    """Refuse a run directory that cannot be created or written, by really creating it and a file in it.
+
+    (Permission bits do not tell: root writes almost anywhere, and /proc or a read-only mount refuse
+    even root.) What the probe creates stays when it succeeds (the run writes there next); when it
+    fails, the directories it created are removed again.
+    """
+    path = Path(run_dir).absolute()
+    missing = []  # the directories the probe will create, deepest first
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    path = Path(run_dir).absolute()
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=argv)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as error:
-        first_line = str(error).strip().splitlines()[0]
-        if first_line.startswith("Could not override"):
-            first_line = first_line.rstrip(".") + ": no such config key; `python -m mtrl_famo.train --cfg job` lists them all."
-        raise ConfigError(first_line) from None
-    from_dict(resolved)
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-"):
+            pass
+    except OSError as error:
+        for directory in missing:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty: never anything the probe did not make
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"run_dir={run_dir} cannot be created or written ({reason}: {error.filename or path}); "
+            "choose a directory you can write, e.g. run_dir=runs/my-run."
+        ) from None
 
 
 def resolved_run_dir(cfg: DictConfig) -> str:
@@ -67,6 +106,7 @@ def main(cfg: DictConfig) -> None:
     cfg.run_dir = resolved_run_dir(cfg)
     try:
         config = from_dict(OmegaConf.to_container(cfg, resolve=True))
+        check_run_dir(config.run_dir)  # a sweep's job: this node's view of the directory
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -76,13 +116,20 @@ def main(cfg: DictConfig) -> None:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(f"done: {summary['env_steps']} steps per task, eval success rate {summary['eval_success_rate']}, run dir {run_dir}")
+    print(
+        f"done: {summary['env_steps']} steps per task, eval success rate {summary['eval_success_rate']}, "
+        f"run dir {run_dir}"
+    )
 
 
 def cli() -> None:
+    argv = sys.argv[1:]
     try:
-        check_group_choices(sys.argv[1:])
-        check_config(sys.argv[1:])
+        check_launcher(argv)
+        check_group_choices(argv)
+        config = check_config(argv)
+        if config is not None:
+            check_run_dir(config.run_dir)  # last: any other bad input leaves nothing behind
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

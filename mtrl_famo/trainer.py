@@ -44,7 +44,9 @@ class Trainer:
         self.agent = build_agent(config.agent, obs_dim, action_dim, k, self.device)
         self.learner = build_learner(config.agent, config.balancer, self.agent, self.generator)
         self.replay = build_replay(config.agent, k, obs_dim, action_dim, self.device, self.generator)
-        self.collector = Collector(self.env, self.agent, self.replay, config.agent.warmup_steps, self.generator, self.device)
+        self.collector = Collector(
+            self.env, self.agent, self.replay, config.agent.warmup_steps, self.generator, self.device
+        )
         self.evaluator = Evaluator(config.env, config.seed, config.eval_episodes, self.agent, self.device)
         self.metrics = TrainMetrics()
         self._last_checkpoint_step = 0
@@ -166,8 +168,13 @@ class Trainer:
         purge_step = self.env_step + 1 if resumed else (0 if had_events else None)
         writer = MetricsWriter(self.run_dir, self.task_names, purge_step=purge_step)
         self.metrics.start_window(self.env_step)
-        bar = tqdm(total=config.steps, initial=self.env_step, disable=None if config.progress else True,
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=config.steps,
+            initial=self.env_step,
+            disable=None if config.progress else True,
+            unit="step",
+            dynamic_ncols=True,
+        )
         try:
             with PreemptionGuard() as guard:
                 while self.env_step < config.steps:

@@ -16,12 +16,14 @@ import time
 
 import numpy as np
 
-from mtrl_famo.envs import EnvSpec, build_env
+from mtrl_famo.config import compose
+from mtrl_famo.envs import build_env
 
 
 def measure(env_name: str, strategy: str, steps: int, seed: int = 0) -> dict[str, float | int | str]:
     """Time `steps` vector steps (after a short warm-up), episode resets included."""
-    env = build_env(EnvSpec(name=env_name, vector_strategy=strategy), seed)
+    spec = compose(f"env={env_name}", f"env.vector_strategy={strategy}").env  # the env the CLI would build
+    env = build_env(spec, seed)
     try:
         rng = np.random.default_rng(seed)
         shape = (env.num_tasks, env.action_dim)
@@ -57,7 +59,9 @@ def main() -> None:
         return
     print(f"{'env':<6}{'strategy':<10}{'tasks':>6}{'vector steps/s':>16}{'transitions/s':>15}")
     for row in rows:
-        print(f"{row['env']:<6}{row['strategy']:<10}{row['tasks']:>6}{row['vector_steps_per_s']:>16}{row['transitions_per_s']:>15}")
+        print(
+            f"{row['env']:<6}{row['strategy']:<10}{row['tasks']:>6}{row['vector_steps_per_s']:>16}{row['transitions_per_s']:>15}"
+        )
 
 
 if __name__ == "__main__":

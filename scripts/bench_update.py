@@ -4,11 +4,14 @@
     python scripts/bench_update.py --tasks 10 --json
     python scripts/bench_update.py --device cuda
 
-Shapes follow the published MT10 setup: 3 x 400 MLPs, 128 transitions per task, obs 39 +
-one-hot K, 4-dim actions. Each balancer runs with the options and `apply_to` of its
-`configs/balancer/<name>.yaml` (what `python -m mtrl_famo.train balancer=<name>` uses: FAMO on the
-critic only, as published; PCGrad and CAGrad on critic and actor). All balancers of one K are
-timed in the same run, interleaved round by round, so the ratios are comparable on a noisy machine.
+Each learner is exactly what `python -m mtrl_famo.train env=<mt10|mt50> balancer=<name>` builds:
+the config is composed from configs/ with `mtrl_famo.config.compose` and the agent, balancers and
+learner come from `mtrl_famo.build`. So the shapes and options are the configs' defaults (MT10:
+3 x 400 MLPs, 128 transitions per task, obs 39 + one-hot K, 4-dim actions; FAMO on the critic only,
+as published; PCGrad and CAGrad on critic and actor) unless --hidden/--layers/--batch override
+them. K other than 10 or 50 uses env=custom with the first K MT50 tasks. The replay holds 1000
+random transitions per task (no environment is built). All balancers of one K are timed in the
+same run, interleaved round by round, so the ratios are comparable on a noisy machine.
 """
 
 from __future__ import annotations
@@ -17,42 +20,53 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from mtrl_famo.agents.sac import MultiTaskSAC
 from mtrl_famo import balancers
-from mtrl_famo.learner import BALANCED_LOSSES, SACLearner
+from mtrl_famo.build import build_agent, build_learner, build_replay, env_dims
+from mtrl_famo.config import ConfigError, TrainConfig, compose
+from mtrl_famo.envs.builder import benchmark_task_names
+from mtrl_famo.learner import SACLearner
 from mtrl_famo.replay import TaskReplay
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "balancer"
+REPLAY_PER_TASK = 1000
 
 
-def balancer_preset(name: str, seed: int) -> tuple[tuple[str, ...], dict]:
-    """`apply_to` and options from the balancer's config file (`${seed}` resolved to `seed`)."""
-    tree = OmegaConf.create({"seed": seed, "balancer": OmegaConf.load(CONFIG_DIR / f"{name}.yaml")})
-    preset = OmegaConf.to_container(tree, resolve=True)["balancer"]
-    return tuple(preset.get("apply_to") or ()), dict(preset.get("options") or {})
+def bench_config(name: str, k: int, args: argparse.Namespace) -> TrainConfig:
+    """The CLI's config for balancer `name` on K tasks, with the command line's overrides."""
+    env = (
+        [f"env=mt{k}"] if k in (10, 50) else ["env=custom", f"env.tasks=[{','.join(benchmark_task_names('mt50')[:k])}]"]
+    )
+    overrides = [*env, f"balancer={name}", f"device={args.device}", f"agent.replay_size={REPLAY_PER_TASK * k}"]
+    for option, key in (
+        ("seed", "seed"),
+        ("hidden", "agent.hidden_dim"),
+        ("layers", "agent.num_layers"),
+        ("batch", "agent.batch_size_per_task"),
+    ):
+        if getattr(args, option) is not None:
+            overrides.append(f"{key}={getattr(args, option)}")
+    return compose(*overrides)
 
 
-def make_learner(name: str, k: int, hidden: int, layers: int, device: torch.device, seed: int) -> tuple[SACLearner, TaskReplay]:
-    torch.manual_seed(seed)
-    obs_dim, action_dim = 39 + k, 4
-    agent = MultiTaskSAC(obs_dim, action_dim, k, hidden_dim=hidden, num_layers=layers).to(device)
-    applied, options = balancer_preset(name, seed)
-    per_loss = {
-        loss: (balancers.make(name, k, **options) if loss in applied else balancers.make("mtsac", k)).to(device)
-        for loss in BALANCED_LOSSES
-    }
-    replay = TaskReplay(k, 1000, obs_dim, action_dim, device)
-    for _ in range(1000):
+def make_learner(config: TrainConfig, device: torch.device) -> tuple[SACLearner, TaskReplay]:
+    k = len(config.env.task_names())
+    obs_dim, action_dim = env_dims(config.env)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device).manual_seed(config.seed)
+    agent = build_agent(config.agent, obs_dim, action_dim, k, device)
+    learner = build_learner(config.agent, config.balancer, agent, generator)
+    replay = build_replay(config.agent, k, obs_dim, action_dim, device, generator)
+    for _ in range(REPLAY_PER_TASK):
         replay.add(
-            obs=torch.randn(k, obs_dim), action=torch.rand(k, action_dim) * 2 - 1, reward=torch.randn(k),
-            next_obs=torch.randn(k, obs_dim), terminated=torch.zeros(k),
+            obs=torch.randn(k, obs_dim),
+            action=torch.rand(k, action_dim) * 2 - 1,
+            reward=torch.randn(k),
+            next_obs=torch.randn(k, obs_dim),
+            terminated=torch.zeros(k),
         )
-    return SACLearner(agent, per_loss), replay
+    return learner, replay
 
 
 def time_update(learner: SACLearner, replay: TaskReplay, batch: int, device: torch.device) -> float:
@@ -70,17 +84,23 @@ def bench(k: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
     names = args.balancers or list(balancers.NAMES)
     if "mtsac" not in names:
         names = ["mtsac", *names]
-    setups = {name: make_learner(name, k, args.hidden, args.layers, device, args.seed) for name in names}
+    configs = {name: bench_config(name, k, args) for name in names}
+    setups = {name: make_learner(config, device) for name, config in configs.items()}
     for name, (learner, replay) in setups.items():
         for _ in range(args.warmup):
-            time_update(learner, replay, args.batch, device)
+            time_update(learner, replay, configs[name].agent.batch_size_per_task, device)
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.repeats):
         for name, (learner, replay) in setups.items():
-            times[name].append(time_update(learner, replay, args.batch, device))
+            times[name].append(time_update(learner, replay, configs[name].agent.batch_size_per_task, device))
     base = statistics.median(times["mtsac"])
     return [
-        {"balancer": name, "tasks": k, "ms": round(statistics.median(t), 2), "ratio_to_mtsac": round(statistics.median(t) / base, 3)}
+        {
+            "balancer": name,
+            "tasks": k,
+            "ms": round(statistics.median(t), 2),
+            "ratio_to_mtsac": round(statistics.median(t) / base, 3),
+        }
         for name, t in times.items()
     ]
 
@@ -89,29 +109,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, nargs="*", default=[10, 50], help="K values to run (default: 10 50)")
     parser.add_argument("--balancers", nargs="*", default=None, help=f"subset of {', '.join(balancers.NAMES)}")
-    parser.add_argument("--batch", type=int, default=128, help="transitions per task per update")
-    parser.add_argument("--hidden", type=int, default=400)
-    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=None, help="agent.batch_size_per_task (default: the config's)")
+    parser.add_argument("--hidden", type=int, default=None, help="agent.hidden_dim (default: the config's)")
+    parser.add_argument("--layers", type=int, default=None, help="agent.num_layers (default: the config's)")
     parser.add_argument("--repeats", type=int, default=20, help="timed updates per balancer")
     parser.add_argument("--warmup", type=int, default=3, help="untimed updates per balancer first")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
     parser.add_argument("--json", action="store_true", help="one JSON object per balancer instead of a table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    try:
+        shapes = {k: bench_config("mtsac", k, args).agent for k in args.tasks}  # bad input stops here, in one line
+    except ConfigError as error:
+        parser.exit(2, f"error: {error}\n")
     if not args.json:
-        print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} batch/task={args.batch} "
-              f"{args.layers}x{args.hidden} repeats={args.repeats}")
+        print(
+            f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} "
+            + " ".join(
+                f"K={k}: batch/task={a.batch_size_per_task} {a.num_layers}x{a.hidden_dim}" for k, a in shapes.items()
+            )
+        )
         print(f"{'K':>3} {'balancer':<8} {'ms/update':>10} {'x mtsac':>8}")
     for k in args.tasks:
         for row in bench(k, args, device):
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
-                print(f"{row['tasks']:>3} {row['balancer']:<8} {row['ms']:>10.2f} {row['ratio_to_mtsac']:>8.3f}", flush=True)
+                print(
+                    f"{row['tasks']:>3} {row['balancer']:<8} {row['ms']:>10.2f} {row['ratio_to_mtsac']:>8.3f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -71,9 +71,10 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,7 +186,9 @@ def losses_and_jacobian(x: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, 
     return rows[..., :2], rows[..., 2:].reshape(*x.shape[:-1], 2, 2)
 
 
-def task_gradients(x: torch.Tensor | np.ndarray | Sequence[float], scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def task_gradients(
+    x: torch.Tensor | np.ndarray | Sequence[float], scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Losses `[..., 2]` and per-task gradients `[..., 2 tasks, 2 coords]` by autograd, in float64."""
     x = torch.as_tensor(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=torch.float64)
     x = x.clone().requires_grad_(True)
@@ -383,7 +386,9 @@ def run(
         raise ValueError(f"Unknown setup '{setup}'; choose one of {', '.join(SETUPS)}.")
     chosen = SETUPS[setup]
     options = options_for(balancer_name, chosen) if options is None else options
-    return run_batch(balancer_name, [start], chosen.steps if steps is None else steps, chosen.scale, chosen.lr, options)[0]
+    return run_batch(
+        balancer_name, [start], chosen.steps if steps is None else steps, chosen.scale, chosen.lr, options
+    )[0]
 
 
 @dataclass(frozen=True)
@@ -427,7 +432,10 @@ def summarise(setup: Setup, balancer_name: str, trajectories: np.ndarray, front:
     return outcomes
 
 
-HEADER = f"{'setup':<7} {'balancer':<8} {'start':>13} {'L1':>9} {'L2':>9} {'pareto_gap':>11} {'front_dist':>11} {'reached':>8}"
+HEADER = (
+    f"{'setup':<7} {'balancer':<8} {'start':>13} {'L1':>9} {'L2':>9} {'pareto_gap':>11} {'front_dist':>11} "
+    f"{'reached':>8}"
+)
 
 
 def format_row(outcome: Outcome) -> str:

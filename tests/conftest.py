@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtrl_famo.envs import EnvSpec, build_env
 
@@ -61,7 +60,12 @@ def tiny_cli_run(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def two_task_env():
-    env = build_env(EnvSpec(name="custom", tasks=("reach-v3", "push-v3"), max_episode_steps=3), seed=0)
+    env = build_env(
+        EnvSpec(
+            name="custom", tasks=("reach-v3", "push-v3"), max_episode_steps=3, one_hot=True, vector_strategy="sync"
+        ),
+        seed=0,
+    )
     yield env
     env.close()
 
@@ -90,15 +94,23 @@ def run_cli(
     """Run `python -m mtrl_famo.train` as a user would, from a directory outside the repo."""
     return subprocess.run(
         [sys.executable, "-m", "mtrl_famo.train", *overrides],
-        cwd=cwd, env=cli_environment(scripted_success=scripted_success), capture_output=True, text=True,
+        cwd=cwd,
+        env=cli_environment(scripted_success=scripted_success),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
 
 def start_cli(*overrides: str, pause_at: int, marker: Path) -> subprocess.Popen:
     """Start the CLI in the background, held after step `pause_at` until the test signals it."""
-    return subprocess.Popen([sys.executable, "-m", "mtrl_famo.train", *overrides], env=cli_environment(pause_at, marker),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mtrl_famo.train", *overrides],
+        env=cli_environment(pause_at, marker),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:

@@ -13,7 +13,6 @@ TASKS = ("reach-v3", "push-v3")
 CONFLICT_TAGS = ("grad_cosine_min", "grad_cosine_mean", "grad_conflicting_pairs")
 
 
-
 @pytest.mark.parametrize("balancer", ["mtsac", "famo", "pcgrad", "cagrad"])
 def test_balancer_trains_through_cli(balancer: str, tiny_cli_run) -> None:
     cwd, _ = tiny_cli_run(balancer)

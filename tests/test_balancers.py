@@ -28,10 +28,13 @@ from mtrl_famo.balancers import NAMES, GradientManipulation, LossWeighting, make
 def test_registry_names_and_kinds() -> None:
     assert set(NAMES) == {"mtsac", "famo", "pcgrad", "cagrad"}
     kinds = {
-        "mtsac": LossWeighting, "famo": LossWeighting, "pcgrad": GradientManipulation, "cagrad": GradientManipulation
+        "mtsac": LossWeighting,
+        "famo": LossWeighting,
+        "pcgrad": GradientManipulation,
+        "cagrad": GradientManipulation,
     }
     for name in NAMES:
-        balancer = make(name, 3)
+        balancer = make(name, 3, **({"seed": 0} if name == "pcgrad" else {}))  # seed: the run's, no default
         assert isinstance(balancer, kinds[name]) and balancer.num_tasks == 3
 
 
@@ -68,7 +71,7 @@ def test_unknown_option_names_it_and_the_valid_ones(name: str, option: str, vali
     [
         ("cagrad", {"c": -0.1}, ("-0.1",)),
         ("cagrad", {"rescale": 3}, ("3", "0", "1", "2")),
-        ("pcgrad", {"reduction": "max"}, ("max", "mean", "sum")),
+        ("pcgrad", {"reduction": "max", "seed": 0}, ("max", "mean", "sum")),
         ("famo", {"w_lr": 0.0}, ("w_lr", "0.0")),
         ("famo", {"gamma": -1.0}, ("gamma", "-1.0")),
         ("famo", {"eps": 0.0}, ("eps",)),
@@ -85,6 +88,42 @@ def test_zero_tasks_is_refused() -> None:
     with pytest.raises(ValueError) as error:
         make("mtsac", 0)
     assert_one_sentence(error, "0")
+
+
+@pytest.mark.parametrize(
+    "name, options, shown",
+    [
+        ("famo", {"w_lr": "abc"}, ("famo", "w_lr", "'abc'", "a number")),
+        ("famo", {"gamma": True}, ("famo", "gamma", "True", "a number")),
+        ("famo", {"min_losses": "low"}, ("famo", "min_losses", "'low'", "a number or a list of numbers")),
+        ("famo", {"min_losses": [0.0, "x", 1.0]}, ("famo", "min_losses", "a number or a list of numbers")),
+        ("cagrad", {"rescale": 1.0}, ("cagrad", "rescale", "1.0", "an integer")),
+        ("cagrad", {"c": [0.5]}, ("cagrad", "c", "[0.5]", "a number")),
+        ("pcgrad", {"reduction": 1, "seed": 0}, ("pcgrad", "reduction", "1", "a string")),
+        ("pcgrad", {"seed": "zero"}, ("pcgrad", "seed", "'zero'", "an integer")),
+    ],
+)
+def test_option_of_the_wrong_type_fails_in_one_sentence(name: str, options: dict, shown: tuple[str, ...]) -> None:
+    """Checked from the constructor's type hints before the constructor runs (no '<=' between str and int)."""
+    with pytest.raises(ValueError) as error:
+        make(name, 3, **options)
+    assert_one_sentence(error, "wrong type", *shown)
+
+
+def test_ints_are_numbers_and_min_losses_takes_a_number_or_a_list() -> None:
+    famo = make("famo", 3, w_lr=1, gamma=0, min_losses=-2, eps=1)
+    assert famo.optimizer.param_groups[0]["lr"] == 1 and famo.eps == 1
+    torch.testing.assert_close(make("famo", 3, min_losses=[-1, 0.5, 2]).min_losses, torch.tensor([-1.0, 0.5, 2.0]))
+    torch.testing.assert_close(make("famo", 3, min_losses=(0.0, 0.0, 0.0)).min_losses, torch.zeros(3))
+    assert make("cagrad", 2, c=1).c == 1.0
+
+
+def test_an_option_without_a_standalone_default_must_be_given() -> None:
+    """PCGrad's seed is `${seed}` in its config file: the run's seed, so no default for code callers."""
+    with pytest.raises(ValueError) as error:
+        make("pcgrad", 3)
+    assert_one_sentence(error, "pcgrad", "'seed'", "${seed}", "seed=")
+    assert make("pcgrad", 3, seed=4).reduction == "mean"  # the other option still comes from the file
 
 
 # ---------------------------------------------------------------- MT-SAC
@@ -130,15 +169,15 @@ def test_pcgrad_two_tasks_by_hand() -> None:
     # g2' = g2 - (-1 / |g1|^2) g1 = [-1, 1] + [1, 0]      = [0, 1]      (g2'.g1 = 0)
     # mean = [0.25, 0.75], sum = [0.5, 1.5]
     grads = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
-    torch.testing.assert_close(make("pcgrad", 2).combine(grads), torch.tensor([0.25, 0.75]))
-    torch.testing.assert_close(make("pcgrad", 2, reduction="sum").combine(grads), torch.tensor([0.5, 1.5]))
+    torch.testing.assert_close(make("pcgrad", 2, seed=0).combine(grads), torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(make("pcgrad", 2, reduction="sum", seed=0).combine(grads), torch.tensor([0.5, 1.5]))
 
 
 def test_pcgrad_without_conflict_is_the_mean() -> None:
     generator = torch.Generator().manual_seed(0)
     grads = torch.rand(5, 7, generator=generator, dtype=torch.float64) + 0.1  # all dots positive
-    torch.testing.assert_close(make("pcgrad", 5).combine(grads), grads.mean(0))
-    torch.testing.assert_close(make("pcgrad", 5, reduction="sum").combine(grads), grads.sum(0))
+    torch.testing.assert_close(make("pcgrad", 5, seed=0).combine(grads), grads.mean(0))
+    torch.testing.assert_close(make("pcgrad", 5, reduction="sum", seed=0).combine(grads), grads.sum(0))
 
 
 def conflicting(k: int, d: int, seed: int) -> torch.Tensor:
@@ -182,7 +221,7 @@ def test_pcgrad_projection_removes_the_conflict_for_two_tasks() -> None:
     """K=2 invariant: each projected gradient is orthogonal to the other original one."""
     grads = conflicting(2, 9, seed=1)
     g1, g2 = grads
-    summed = make("pcgrad", 2, reduction="sum").combine(grads)
+    summed = make("pcgrad", 2, reduction="sum", seed=0).combine(grads)
     g1p = g1 - (g1 @ g2) / (g2 @ g2) * g2
     g2p = g2 - (g1 @ g2) / (g1 @ g1) * g1
     torch.testing.assert_close(g1p @ g2, torch.tensor(0.0, dtype=torch.float64), atol=1e-12, rtol=0)
@@ -230,8 +269,13 @@ def cagrad_reference(grads: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     best = None
     for start in [np.full(k, 1.0 / k), *np.eye(k)[: min(k, 3)] * 0.9 + 0.1 / k]:
         result = minimize(
-            objective, start, jac=jacobian, method="SLSQP", bounds=[(0.0, 1.0)] * k,
-            constraints={"type": "eq", "fun": lambda w: w.sum() - 1.0}, options={"ftol": 1e-15, "maxiter": 2000},
+            objective,
+            start,
+            jac=jacobian,
+            method="SLSQP",
+            bounds=[(0.0, 1.0)] * k,
+            constraints={"type": "eq", "fun": lambda w: w.sum() - 1.0},
+            options={"ftol": 1e-15, "maxiter": 2000},
         )
         w = np.clip(result.x, 0.0, None)
         w = w / w.sum()
@@ -418,7 +462,7 @@ def test_famo_weighted_loss_gradient_on_a_tiny_model() -> None:
 
 def test_famo_refuses_losses_at_or_below_their_bound() -> None:
     famo = make("famo", 3, min_losses=1.0)
-    for call in (lambda l: famo.weighted_loss(l), lambda l: famo.update(l, torch.tensor([2.0, 2.0, 2.0]))):
+    for call in (famo.weighted_loss, lambda losses: famo.update(losses, torch.tensor([2.0, 2.0, 2.0]))):
         with pytest.raises(ValueError) as error:
             call(torch.tensor([2.0, 0.5, 3.0]))
         message = str(error.value)

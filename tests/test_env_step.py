@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mtrl_famo.envs import EnvSpec, build_env, evaluate, normalise_step
-from mtrl_famo.envs.builder import MultiTaskEnv, benchmark_task_names
+from mtrl_famo.envs.builder import MultiTaskEnv
 
 
 def test_one_hot_position_and_shapes(two_task_env):
@@ -18,21 +18,11 @@ def test_one_hot_position_and_shapes(two_task_env):
 
 
 def test_one_hot_can_be_switched_off():
-    env = build_env(EnvSpec(name="mt1", tasks=("reach-v3",), one_hot=False, max_episode_steps=3), seed=1)
+    env = build_env(
+        EnvSpec(name="mt1", tasks=("reach-v3",), one_hot=False, max_episode_steps=3, vector_strategy="sync"), seed=1
+    )
     try:
         assert env.reset().shape == (1, 39)
-    finally:
-        env.close()
-
-
-def test_mt10_rows_are_benchmark_tasks_with_one_hot():
-    env = build_env(EnvSpec(name="mt10"), seed=0)
-    try:
-        obs = env.reset()
-        assert obs.shape == (10, 49)
-        np.testing.assert_array_equal(obs[:, -10:], np.eye(10))
-        assert env.task_names == benchmark_task_names("mt10")
-        assert env.task_names[0] == "reach-v3"
     finally:
         env.close()
 
@@ -98,8 +88,11 @@ class _ScriptedVector:
         truncated = np.array([done, done])
         info = {"success": success, "_success": np.array([True, True])}
         if done:
-            info = {"final_info": info, "final_obs": np.array([np.zeros(3), np.zeros(3)], dtype=object),
-                    "_final_obs": np.array([True, True])}
+            info = {
+                "final_info": info,
+                "final_obs": np.array([np.zeros(3), np.zeros(3)], dtype=object),
+                "_final_obs": np.array([True, True]),
+            }
             self.t = 0
         return np.zeros((2, 3)), reward, np.array([False, False]), truncated, info
 
@@ -114,7 +107,9 @@ def test_evaluation_counts_success_at_any_step():
 
 def test_evaluation_on_real_env_matches_a_hand_count():
     """evaluate() against the raw gymnasium outputs of an identically seeded env, counted by hand."""
-    spec = EnvSpec(name="custom", tasks=("reach-v3", "push-v3"), max_episode_steps=3)
+    spec = EnvSpec(
+        name="custom", tasks=("reach-v3", "push-v3"), max_episode_steps=3, one_hot=True, vector_strategy="sync"
+    )
     policy = lambda obs: np.full((2, 4), 0.3, dtype=np.float32)  # noqa: E731
     env, twin = build_env(spec, seed=0), build_env(spec, seed=0)
     try:
@@ -137,11 +132,20 @@ def test_evaluation_on_real_env_matches_a_hand_count():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        (EnvSpec(name="mt11"), "Unknown env 'mt11'"),
-        (EnvSpec(name="mt1", tasks=("reach-v9",)), "Unknown Metaworld task 'reach-v9'"),
-        (EnvSpec(name="custom", tasks=()), "non-empty env.tasks"),
-        (EnvSpec(name="mt10", vector_strategy="threads"), "Unknown env.vector_strategy 'threads'"),
-        (EnvSpec(name="mt10", max_episode_steps=600), "max_episode_steps=600"),
+        (EnvSpec(name="mt11", one_hot=True, vector_strategy="sync", max_episode_steps=500), "Unknown env 'mt11'"),
+        (
+            EnvSpec(name="mt1", tasks=("reach-v9",), one_hot=True, vector_strategy="sync", max_episode_steps=500),
+            "Unknown Metaworld task 'reach-v9'",
+        ),
+        (
+            EnvSpec(name="custom", tasks=(), one_hot=True, vector_strategy="sync", max_episode_steps=500),
+            "non-empty env.tasks",
+        ),
+        (
+            EnvSpec(name="mt10", vector_strategy="threads", one_hot=True, max_episode_steps=500),
+            "Unknown env.vector_strategy 'threads'",
+        ),
+        (EnvSpec(name="mt10", max_episode_steps=600, one_hot=True, vector_strategy="sync"), "max_episode_steps=600"),
     ],
 )
 def test_bad_env_specs(spec, message):

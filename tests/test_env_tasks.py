@@ -53,7 +53,7 @@ def assert_rows_are_tasks(env, expected_names: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def mt50_env():
-    env = build_env(EnvSpec(name="mt50"), seed=0)
+    env = build_env(EnvSpec(name="mt50", one_hot=True, vector_strategy="sync", max_episode_steps=500), seed=0)
     try:
         yield env
     finally:
@@ -61,10 +61,12 @@ def mt50_env():
 
 
 def test_mt10_row_i_is_task_i():
-    env = build_env(EnvSpec(name="mt10"), seed=0)
+    env = build_env(EnvSpec(name="mt10", one_hot=True, vector_strategy="sync", max_episode_steps=500), seed=0)
     try:
         table = list(env_dict.MT10_V3.items())
         assert len(table) == 10
+        assert env.reset().shape == (10, 39 + 10)  # Metaworld's 39 dims + the one-hot
+        assert env.task_names[0] == "reach-v3"
         assert_rows_are_tasks(env, [name for name, _ in table])
         # Metaworld's own class table, position by position (and not just the names).
         assert list(env.vector.get_attr("task_name")) == [cls.__name__ for _, cls in table]
@@ -82,7 +84,9 @@ def test_mt50_row_i_is_task_i(mt50_env):
 def test_custom_rows_follow_the_given_order():
     # Not the benchmark order, so an env that re-sorts or reverses the list is caught.
     tasks = ("push-v3", "reach-v3", "door-open-v3")
-    env = build_env(EnvSpec(name="custom", tasks=tasks, max_episode_steps=3), seed=0)
+    env = build_env(
+        EnvSpec(name="custom", tasks=tasks, max_episode_steps=3, one_hot=True, vector_strategy="sync"), seed=0
+    )
     try:
         assert_rows_are_tasks(env, list(tasks))
     finally:
@@ -121,8 +125,13 @@ def two_runs():
     runs, envs = {}, []
     try:
         for strategy in ("sync", "async"):
-            spec = EnvSpec(name="custom", tasks=("reach-v3", "push-v3"), vector_strategy=strategy,
-                           max_episode_steps=HORIZON)
+            spec = EnvSpec(
+                name="custom",
+                tasks=("reach-v3", "push-v3"),
+                one_hot=True,
+                vector_strategy=strategy,
+                max_episode_steps=HORIZON,
+            )
             env = build_env(spec, seed=ASYNC_SEED)
             envs.append(env)
             runs[strategy] = (env, *run_like_trainer(env))
@@ -173,9 +182,9 @@ def test_checkpoint_round_trip_reproduces_the_run(two_runs, strategy):
     env.vector.call("load_checkpoint", list(state))
     obs = env.reset()
     np.testing.assert_array_equal(obs, steps[2 * HORIZON - 1].obs)
-    resumed = [normalise_step(*env.vector.step(action)) for action in ACTIONS[2 * HORIZON:]]
-    assert_same_steps(resumed, steps[2 * HORIZON:])
-    assert_same_steps(resumed, other_steps[2 * HORIZON:])  # and agrees with the other strategy
+    resumed = [normalise_step(*env.vector.step(action)) for action in ACTIONS[2 * HORIZON :]]
+    assert_same_steps(resumed, steps[2 * HORIZON :])
+    assert_same_steps(resumed, other_steps[2 * HORIZON :])  # and agrees with the other strategy
     # The checkpoint is what made that happen: a plain reset now lands elsewhere.
     assert not np.array_equal(env.reset(), steps[2 * HORIZON - 1].obs)
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtrl_famo.agents import MultiTaskSAC
 from mtrl_famo import balancers
+from mtrl_famo.agents import MultiTaskSAC
 from mtrl_famo.learner import SACLearner
 from mtrl_famo.replay import Batch
 
@@ -35,8 +35,14 @@ LEARNER_NOISE_TOL = 1e-6
 
 def make_agent(num_tasks: int = K, seed: int = 0, perturb_target: bool = True, **kwargs) -> MultiTaskSAC:
     torch.manual_seed(seed)
-    options = {"hidden_dim": HIDDEN, "num_layers": 2, "discount": 0.9, "init_temperature": 0.3,
-               "log_std_min": -5.0, "log_std_max": 1.0}
+    options = {
+        "hidden_dim": HIDDEN,
+        "num_layers": 2,
+        "discount": 0.9,
+        "init_temperature": 0.3,
+        "log_std_min": -5.0,
+        "log_std_max": 1.0,
+    }
     options.update(kwargs)
     agent = MultiTaskSAC(OBS, ACT, num_tasks, **options).double()
     if perturb_target:
@@ -48,8 +54,9 @@ def make_agent(num_tasks: int = K, seed: int = 0, perturb_target: bool = True, *
     return agent
 
 
-def make_batch(num_tasks: int = K, batch: int = B, seed: int = 1, terminated: float | None = None,
-               reward: float | None = None) -> Batch:
+def make_batch(
+    num_tasks: int = K, batch: int = B, seed: int = 1, terminated: float | None = None, reward: float | None = None
+) -> Batch:
     gen = torch.Generator().manual_seed(seed)
     obs = torch.randn(num_tasks, batch, OBS, generator=gen, dtype=F64)
     action = torch.rand(num_tasks, batch, ACT, generator=gen, dtype=F64) * 2 - 1
@@ -68,8 +75,10 @@ def mtsac_balancers(num_tasks: int = K) -> dict:
 
 
 def make_learner(agent: MultiTaskSAC, bal: dict | None = None, seed: int = 7, **kwargs) -> SACLearner:
+    """Every hyperparameter explicit (configs/agent/sac.yaml's values unless a test sets one)."""
     gen = torch.Generator().manual_seed(seed)
-    return SACLearner(agent, bal or mtsac_balancers(agent.num_tasks), generator=gen, **kwargs)
+    options = {"lr": 3e-4, "tau": 0.005, "actor_update_every": 1, "target_update_every": 1, **kwargs}
+    return SACLearner(agent, bal or mtsac_balancers(agent.num_tasks), generator=gen, **options)
 
 
 def replay_noises(gen_state: torch.Tensor, num_tasks: int, batch: int, draws: int) -> list[torch.Tensor]:
@@ -111,8 +120,9 @@ def hand_critic_losses(critic, batch: Batch, target: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def hand_actor_losses(actor_agent: MultiTaskSAC, critic, obs: torch.Tensor, noise: torch.Tensor,
-                      log_alpha: torch.Tensor) -> torch.Tensor:
+def hand_actor_losses(
+    actor_agent: MultiTaskSAC, critic, obs: torch.Tensor, noise: torch.Tensor, log_alpha: torch.Tensor
+) -> torch.Tensor:
     action, log_prob = hand_policy(actor_agent, obs, noise)
     q1, q2 = q_values(critic, obs, action)
     return (log_alpha.exp() * log_prob - torch.where(q1 <= q2, q1, q2)).mean(-1)
@@ -356,8 +366,9 @@ def test_first_adam_step_moves_each_group_by_about_lr(lr):
     for group in ("critic", "actor"):
         biggest = max((after[group][n] - before[group][n]).abs().max().item() for n in before[group])
         assert lr * 0.999 < biggest <= lr * (1 + 1e-9), (group, biggest)
-    torch.testing.assert_close((agent.log_alpha.detach() - alpha_before).abs(), torch.full((K, 1), lr, dtype=F64),
-                               rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        (agent.log_alpha.detach() - alpha_before).abs(), torch.full((K, 1), lr, dtype=F64), rtol=1e-4, atol=0
+    )
 
 
 @pytest.mark.parametrize("temperature", [0.05, 2.0])
@@ -393,8 +404,17 @@ def test_log_std_stays_in_bounds_and_reaches_them(bounds):
 # --------------------------------------------------------------------------- 9. FAMO before/after
 
 
-def hand_famo(logits: np.ndarray, m: np.ndarray, v: np.ndarray, step: int, before: np.ndarray,
-              after: np.ndarray, w_lr: float, gamma: float, eps: float = 1e-8):
+def hand_famo(
+    logits: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    step: int,
+    before: np.ndarray,
+    after: np.ndarray,
+    w_lr: float,
+    gamma: float,
+    eps: float = 1e-8,
+):
     """One FAMO logit update in numpy: J_softmax @ delta, then Adam with L2 weight decay."""
     z = np.exp(logits - logits.max())
     z /= z.sum()

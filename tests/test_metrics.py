@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tb_scalars
 from mtrl_famo.balanced_backward import ConflictStats, conflict_stats
 from mtrl_famo.balancers import make
 from mtrl_famo.learner import UpdateResult
 from mtrl_famo.metrics import MetricsWriter, TrainMetrics
+
+from conftest import tb_scalars
 
 TASKS = ["reach-v3", "push-v3"]
 NAN = float("nan")
@@ -43,7 +44,9 @@ def test_train_metrics_write_every_tag_from_the_window(tmp_path) -> None:
     metrics.add_updates(
         [
             update([1.0, 3.0], [NAN, NAN], [NAN, NAN], {"critic": stats(-0.5, 0.1, 1.0)}),  # actor skipped
-            update([2.0, 6.0], [-1.0, -3.0], [0.5, 1.5], {"critic": stats(0.2, 0.3, 0.0), "actor": stats(-0.9, -0.9, 1.0)}),
+            update(
+                [2.0, 6.0], [-1.0, -3.0], [0.5, 1.5], {"critic": stats(0.2, 0.3, 0.0), "actor": stats(-0.9, -0.9, 1.0)}
+            ),
             update([3.0, 3.0], [-2.0, -4.0], [1.0, 2.0]),
         ],
         seconds=0.3,
@@ -52,8 +55,14 @@ def test_train_metrics_write_every_tag_from_the_window(tmp_path) -> None:
     famo.logits.data = torch.tensor([0.0, math.log(3.0)])  # weights 1/4, 3/4
     writer = MetricsWriter(tmp_path, TASKS)
     episodes = (np.array([1.0, 0.0]), np.array([10.0, 30.0]))
-    metrics.write(writer, 40, episodes, torch.tensor([[0.5], [2.0]]), {"critic": make("mtsac", 2), "actor": famo},
-                  balanced_losses=("actor",))
+    metrics.write(
+        writer,
+        40,
+        episodes,
+        torch.tensor([[0.5], [2.0]]),
+        {"critic": make("mtsac", 2), "actor": famo},
+        balanced_losses=("actor",),
+    )
     writer.close()
 
     got = {tag: points for tag, points in tb_scalars(tmp_path).items()}

@@ -74,12 +74,12 @@ def train_loop(guard: PreemptionGuard, ckpt_dir, signal_at: int, signum: int, st
 
 # ----- default action (no submitit): flag, checkpoint, then exit 128+signum ------------------
 
+
 @BOTH
 def test_default_action_only_flags_then_checkpoint_then_exit(previous, tmp_path, signum):
     previous(signal.SIG_DFL)
-    with pytest.raises(SystemExit) as exit_info:
-        with PreemptionGuard() as guard:
-            train_loop(guard, tmp_path, signal_at=3, signum=signum)
+    with pytest.raises(SystemExit) as exit_info, PreemptionGuard() as guard:
+        train_loop(guard, tmp_path, signal_at=3, signum=signum)
     assert exit_info.value.code == 128 + int(signum)
     # The loop was still running after the kill and saved before exiting, at that very step.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_3.txt"]
@@ -104,6 +104,7 @@ def test_signal_sets_pending_and_code_after_kill_runs(previous, signum):
 
 # ----- earlier handler ignores: training goes on -----------------------------------------------
 
+
 @BOTH
 def test_ignored_signal_is_handed_over_and_training_goes_on(previous, tmp_path, signum):
     previous(signal.SIG_IGN)
@@ -116,6 +117,7 @@ def test_ignored_signal_is_handed_over_and_training_goes_on(previous, tmp_path, 
 
 
 # ----- earlier Python handler that returns ----------------------------------------------------
+
 
 def test_returning_handler_gets_usr2_and_training_goes_on(previous, tmp_path):
     recorder = previous(Recorder())
@@ -132,9 +134,8 @@ def test_returning_handler_gets_usr2_and_training_goes_on(previous, tmp_path):
 
 def test_returning_handler_gets_term_and_the_run_still_exits(previous, tmp_path):
     recorder = previous(Recorder())
-    with pytest.raises(SystemExit) as exit_info:
-        with PreemptionGuard() as guard:
-            train_loop(guard, tmp_path, signal_at=2, signum=signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_info, PreemptionGuard() as guard:
+        train_loop(guard, tmp_path, signal_at=2, signum=signal.SIGTERM)
     assert recorder.calls == [(int(signal.SIGTERM), None)]  # logged first, then the exit
     assert exit_info.value.code == 128 + int(signal.SIGTERM) == 143
     assert (tmp_path / "ckpt_2.txt").exists()
@@ -142,6 +143,7 @@ def test_returning_handler_gets_term_and_the_run_still_exits(previous, tmp_path)
 
 
 # ----- earlier handler that exits or raises itself (submitit's requeue) ----------------------
+
 
 class Requeue(Exception):
     pass
@@ -160,9 +162,8 @@ def test_exiting_or_raising_handler_propagates(previous, tmp_path, signum, how):
 
     previous(requeue)
     expected = SystemExit if how == "exit" else Requeue
-    with pytest.raises(expected) as raised:
-        with PreemptionGuard() as guard:
-            train_loop(guard, tmp_path, signal_at=4, signum=signum)
+    with pytest.raises(expected) as raised, PreemptionGuard() as guard:
+        train_loop(guard, tmp_path, signal_at=4, signum=signum)
     assert calls == [int(signum)]
     if how == "exit":
         assert raised.value.code == -1  # the handler's own exit, not 128+signum
@@ -171,6 +172,7 @@ def test_exiting_or_raising_handler_propagates(previous, tmp_path, signum, how):
 
 
 # ----- handlers restored ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("earlier", ["default", "ignore", "python"])
 @pytest.mark.parametrize("leave", ["normally", "exception"])
@@ -196,9 +198,8 @@ def test_handlers_restored_on_exit(previous, earlier, leave):
 
 def test_exception_in_block_is_not_swallowed(previous):
     previous(signal.SIG_IGN)
-    with pytest.raises(ZeroDivisionError):
-        with PreemptionGuard():
-            1 / 0
+    with pytest.raises(ZeroDivisionError), PreemptionGuard():
+        _ = 1 / 0
 
 
 def test_nested_guards_restore_in_order(previous):
@@ -227,6 +228,7 @@ def test_guard_off_the_main_thread_installs_nothing(previous):
 
 
 # ----- several signals, and nothing pending ---------------------------------------------------
+
 
 def test_second_signal_replaces_first_usr2_then_term(previous):
     recorder = previous(Recorder())

@@ -20,7 +20,9 @@ def _add(replay: TaskReplay, value: float, terminated: bool = False) -> None:
 
 
 def test_stratified_sample_shapes_and_partitions():
-    replay = TaskReplay(num_tasks=3, capacity_per_task=10, obs_dim=3, action_dim=2, generator=torch.Generator().manual_seed(0))
+    replay = TaskReplay(
+        num_tasks=3, capacity_per_task=10, obs_dim=3, action_dim=2, generator=torch.Generator().manual_seed(0)
+    )
     for value in range(6):
         _add(replay, float(value))
     batch = replay.sample(batch_per_task=8)

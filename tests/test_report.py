@@ -16,9 +16,18 @@ from omegaconf import OmegaConf
 from scipy.stats import trim_mean
 from torch.utils.tensorboard import SummaryWriter
 
+from mtrl_famo.report import (
+    CURVES_PNG,
+    REPORT_JSON,
+    REPORT_MD,
+    ReportError,
+    build_report,
+    completion,
+    compute_report,
+    read_scalars,
+)
+
 from conftest import TINY_RUN, run_cli, tb_scalars
-from mtrl_famo.report import (CURVES_PNG, REPORT_JSON, REPORT_MD, ReportError, build_report, completion, compute_report,
-                               read_scalars)
 
 TASKS = ["reach-v3", "push-v3", "pick-place-v3"]
 STEPS, EVAL_EVERY = 300, 100
@@ -29,20 +38,34 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ----- writing runs the way the trainer does --------------------------------------------------
 def write_config(run_dir: Path, env: str, balancer: str, seed: int, steps: int = STEPS, tasks=TASKS) -> None:
     """config.yaml with the trainer's structure (the resolved Hydra config, saved with OmegaConf)."""
-    cfg = OmegaConf.create({
-        "env": {"name": env, "tasks": list(tasks), "one_hot": True, "vector_strategy": "sync", "max_episode_steps": 40},
-        "agent": {"hidden_dim": 32, "num_layers": 2, "batch_size_per_task": 16, "warmup_steps": 40},
-        "balancer": {"name": balancer, "apply_to": ["critic"], "options": {}},
-        "seed": seed, "device": "auto", "steps": steps, "run_dir": str(run_dir), "progress": False,
-        "eval": {"every": EVAL_EVERY, "episodes": 10}, "log": {"every": 20, "conflicts_every": 5},
-        "checkpoint": {"every": 50000},
-    })
+    cfg = OmegaConf.create(
+        {
+            "env": {
+                "name": env,
+                "tasks": list(tasks),
+                "one_hot": True,
+                "vector_strategy": "sync",
+                "max_episode_steps": 40,
+            },
+            "agent": {"hidden_dim": 32, "num_layers": 2, "batch_size_per_task": 16, "warmup_steps": 40},
+            "balancer": {"name": balancer, "apply_to": ["critic"], "options": {}},
+            "seed": seed,
+            "device": "auto",
+            "steps": steps,
+            "run_dir": str(run_dir),
+            "progress": False,
+            "eval": {"every": EVAL_EVERY, "episodes": 10},
+            "log": {"every": 20, "conflicts_every": 5},
+            "checkpoint": {"every": 50000},
+        }
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def write_events(run_dir: Path, evals: dict[int, list[float]], wall0: float, order: int,
-                 tasks=TASKS, purge_step: int | None = None) -> None:
+def write_events(
+    run_dir: Path, evals: dict[int, list[float]], wall0: float, order: int, tasks=TASKS, purge_step: int | None = None
+) -> None:
     """One event file with the trainer's eval tags; `order` fixes the file name's sort position."""
     staging = run_dir / f"staging{order}"
     writer = SummaryWriter(log_dir=str(staging), purge_step=purge_step)
@@ -61,12 +84,19 @@ def write_events(run_dir: Path, evals: dict[int, list[float]], wall0: float, ord
 
 def write_summary(run_dir: Path, steps: int, final: list[float], tasks=TASKS) -> None:
     """The trainer's completion marker."""
-    summary = {"env_steps": steps, "steps": steps, "complete": True, "eval_success_rate": float(np.mean(final)),
-               "eval_success_rate_per_task": dict(zip(tasks, final))}
+    summary = {
+        "env_steps": steps,
+        "steps": steps,
+        "complete": True,
+        "eval_success_rate": float(np.mean(final)),
+        "eval_success_rate_per_task": dict(zip(tasks, final)),
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def random_evals(rng: np.random.Generator, steps=range(EVAL_EVERY, STEPS + 1, EVAL_EVERY), tasks=TASKS) -> dict[int, list[float]]:
+def random_evals(
+    rng: np.random.Generator, steps=range(EVAL_EVERY, STEPS + 1, EVAL_EVERY), tasks=TASKS
+) -> dict[int, list[float]]:
     """Success rates as 10-episode evaluations produce them (multiples of 0.1)."""
     return {step: list(rng.integers(0, 11, size=len(tasks)) / 10) for step in steps}
 
@@ -124,7 +154,9 @@ def sweep(tmp_path_factory):
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
 
 
 def group(report: dict, env: str, balancer: str) -> dict:
@@ -172,12 +204,15 @@ def test_intervals_agree_with_an_independent_bootstrap(sweep):
     _, written, report, _ = sweep
     row = group(report, "custom", "famo")
     final = expected(written, "custom", "famo", range(5))["final"]
-    reference = bootstrap((final,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95,
-                          rng=np.random.default_rng(1)).confidence_interval
+    reference = bootstrap(
+        (final,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95, rng=np.random.default_rng(1)
+    ).confidence_interval
     width = reference.high - reference.low
     assert width > 0.05
-    assert row["final_success"]["ci"] == [pytest.approx(reference.low, abs=0.1 * width),
-                                          pytest.approx(reference.high, abs=0.1 * width)]
+    assert row["final_success"]["ci"] == [
+        pytest.approx(reference.low, abs=0.1 * width),
+        pytest.approx(reference.high, abs=0.1 * width),
+    ]
     curve = row["curve"]
     last = curve["steps"].index(STEPS)
     assert [curve["ci_low"][last], curve["ci_high"][last]] == pytest.approx(row["final_success"]["ci"], abs=0.1 * width)
@@ -200,7 +235,9 @@ def test_incomplete_run_is_listed_and_excluded(sweep):
     assert (entry["last_step"], entry["steps"], entry["complete"]) == (200, STEPS, False)
     row = group(report, "custom", "mtsac")
     assert (row["n_complete"], row["n_runs"], row["seeds_incomplete"]) == (3, 4, [3])
-    assert row["final_success"]["point"] == pytest.approx(expected(written, "custom", "mtsac", range(3))["final"].mean())
+    assert row["final_success"]["point"] == pytest.approx(
+        expected(written, "custom", "mtsac", range(3))["final"].mean()
+    )
     markdown = (root / REPORT_MD).read_text()
     assert "3 of 4 seeds complete" in markdown and "200 / 300" in markdown
 
@@ -245,9 +282,13 @@ def test_markdown_has_one_row_per_env_and_balancer_with_the_json_numbers(sweep):
     markdown = (root / REPORT_MD).read_text()
     lines = markdown.splitlines()
     start = lines.index(next(line for line in lines if line.startswith("| env | balancer |"))) + 2
-    rows = lines[start:lines.index("", start)]  # the main table, up to its blank line
+    rows = lines[start : lines.index("", start)]  # the main table, up to its blank line
     assert [tuple(c.strip() for c in row.split("|")[1:3]) for row in rows] == [
-        ("custom", "famo"), ("custom", "mtsac"), ("mt1", "cagrad"), ("mt1", "pcgrad")]
+        ("custom", "famo"),
+        ("custom", "mtsac"),
+        ("mt1", "cagrad"),
+        ("mt1", "pcgrad"),
+    ]
     famo = group(report, "custom", "famo")
     low, high = famo["final_success"]["ci"]
     assert f"{100 * famo['final_success']['point']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in rows[0]
@@ -269,8 +310,9 @@ def test_png_is_written_and_nothing_else_changes(sweep):
 
 def run_report(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "mtrl_famo.report", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "mtrl_famo.report", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_writes_into_out_dir(sweep, tmp_path):
@@ -302,10 +344,18 @@ def test_compute_report_refuses_a_sweep_without_runs(tmp_path):
 
 # ----- a real tiny sweep through the training CLI ---------------------------------------------
 
+
 def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
     sweep_dir = tmp_path / "multirun"
-    result = run_cli("-m", *TINY_RUN, "balancer=mtsac", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
-                     scripted_success=True)
+    result = run_cli(
+        "-m",
+        *TINY_RUN,
+        "balancer=mtsac",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        scripted_success=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = build_report(sweep_dir, reps=REPS)
     row = group(report, "custom", "mtsac")
@@ -320,21 +370,26 @@ def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
     assert len({v for _, v in final}) > 1
     assert [step for step, _ in final] == [120, 120]
     assert row["final_success"]["point"] == pytest.approx(np.mean([v for _, v in final]))
-    assert row["best_success"]["point"] == pytest.approx(np.mean([max(v for _, v in d["eval/success_rate"]) for d in data]))
+    assert row["best_success"]["point"] == pytest.approx(
+        np.mean([max(v for _, v in d["eval/success_rate"]) for d in data])
+    )
     for task in ("reach-v3", "push-v3"):
         want = np.mean([d[f"eval/success_rate/{task}"][-1][1] for d in data])
         assert row["final_success_per_task"][task] == pytest.approx(want)
     assert row["curve"]["steps"] == [60, 120]
 
 
-@pytest.mark.parametrize("last_step, marker, complete", [
-    (300, {"steps": 300, "complete": True}, True),
-    (300, None, True),  # final eval logged, marker not yet written: the data is all there
-    (200, None, False),
-    (None, None, False),
-    (120, {"steps": 120, "complete": True}, False),  # marker of an earlier, shorter request: stale
-    (300, {"steps": 300, "complete": False}, False),
-])
+@pytest.mark.parametrize(
+    "last_step, marker, complete",
+    [
+        (300, {"steps": 300, "complete": True}, True),
+        (300, None, True),  # final eval logged, marker not yet written: the data is all there
+        (200, None, False),
+        (None, None, False),
+        (120, {"steps": 120, "complete": True}, False),  # marker of an earlier, shorter request: stale
+        (300, {"steps": 300, "complete": False}, False),
+    ],
+)
 def test_completion_prefers_a_current_marker_and_needs_the_final_eval(last_step, marker, complete):
     assert completion(last_step, 300, marker)[0] is complete
 

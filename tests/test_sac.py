@@ -25,8 +25,17 @@ def test_batched_heads_equal_each_head_alone():
 
 def _linear_agent() -> MultiTaskSAC:
     """K=2 tasks, 1-dim obs and action, no hidden layers: every network is linear per task."""
-    agent = MultiTaskSAC(obs_dim=1, action_dim=1, num_tasks=2, num_layers=0, hidden_dim=1,
-                         init_temperature=0.5, log_std_min=-2.0, log_std_max=0.0, discount=0.9)
+    agent = MultiTaskSAC(
+        obs_dim=1,
+        action_dim=1,
+        num_tasks=2,
+        num_layers=0,
+        hidden_dim=1,
+        init_temperature=0.5,
+        log_std_min=-2.0,
+        log_std_max=0.0,
+        discount=0.9,
+    )
     with torch.no_grad():
         # Q1_k(s, a) = w_s s + w_a a + b ; inputs are [s, a].
         agent.critic.q1.head_weight.copy_(torch.tensor([[[1.0], [2.0]], [[0.0], [1.0]]]))

@@ -48,7 +48,9 @@ def has_root() -> bool:
     """Root, or sudo without a password (what scripts/local_slurm.sh uses to start the daemons)."""
     if os.geteuid() == 0:
         return True
-    return shutil.which("sudo") is not None and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0
+    return (
+        shutil.which("sudo") is not None and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0
+    )
 
 
 def slurm_unavailable_reason() -> str | None:
@@ -77,7 +79,9 @@ def slurm_cluster() -> None:
         pytest.fail(f"scripts/local_slurm.sh start failed:\n{result.stdout}\n{result.stderr}")
 
 
-def submit_sweep(sweep_dir: Path, *overrides: str, pause_at: int | None = None, marker: Path | None = None) -> subprocess.Popen:
+def submit_sweep(
+    sweep_dir: Path, *overrides: str, pause_at: int | None = None, marker: Path | None = None
+) -> subprocess.Popen:
     """Submit a multirun sweep to Slurm; the process waits for every job, as submitit does.
 
     With `pause_at`, the job (which inherits this environment through sbatch) is held by
@@ -85,10 +89,19 @@ def submit_sweep(sweep_dir: Path, *overrides: str, pause_at: int | None = None, 
     """
     env = cli_environment(pause_at, marker, scripted_success=True)  # success rates that differ (tests/hooks)
     del env["OMP_NUM_THREADS"]  # the jobs set it themselves (LAUNCHER's setup)
-    command = [sys.executable, "-m", "mtrl_famo.train", "-m", *SWEEP_RUN, *LAUNCHER,
-               f"hydra.sweep.dir={sweep_dir}", *overrides]
-    return subprocess.Popen(command, cwd=sweep_dir.parent, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "mtrl_famo.train",
+        "-m",
+        *SWEEP_RUN,
+        *LAUNCHER,
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    ]
+    return subprocess.Popen(
+        command, cwd=sweep_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish(process: subprocess.Popen) -> str:
@@ -102,10 +115,9 @@ def finish(process: subprocess.Popen) -> str:
     return output
 
 
-
-
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return tb_scalars(run_dir, DETERMINISTIC_TAGS)
+
 
 def assert_complete_run(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -150,18 +162,25 @@ def test_sweep_runs_land_in_deterministic_dirs(sweep: Path) -> None:
         data = assert_complete_run(sweep / run)
         config = (sweep / run / "config.yaml").read_text()
         assert f"name: {run.split('/')[1]}" in config and "${" not in config
-        assert f"eval/success_rate/reach-v3" in data and "loss/critic" in data
+        assert "eval/success_rate/reach-v3" in data and "loss/critic" in data
 
 
 def test_report_of_the_sweep_matches_its_event_files(sweep: Path, tmp_path: Path) -> None:
     """`python -m mtrl_famo.report` on the Slurm sweep: one row per balancer, numbers from the events."""
     from mtrl_famo.report import CURVES_PNG, REPORT_JSON, REPORT_MD
 
-    result = subprocess.run([sys.executable, "-m", "mtrl_famo.report", str(sweep), "--out", str(tmp_path), "--reps", "500"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "mtrl_famo.report", str(sweep), "--out", str(tmp_path), "--reps", "500"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / REPORT_JSON).read_text())
-    assert [(g["env"], g["balancer"], g["n_complete"]) for g in report["groups"]] == [("custom", "famo", 2), ("custom", "mtsac", 2)]
+    assert [(g["env"], g["balancer"], g["n_complete"]) for g in report["groups"]] == [
+        ("custom", "famo", 2),
+        ("custom", "mtsac", 2),
+    ]
     assert report["incomplete"] == [] and report["skipped"] == []
     every_final_and_best = []
     for group in report["groups"]:

@@ -8,7 +8,7 @@ batched one-pass computation is the same math, only faster.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -27,7 +27,9 @@ TOLERANCE = {torch.float64: dict(rtol=1e-7, atol=1e-9), torch.float32: dict(rtol
 def tiny_agent(dtype: torch.dtype = torch.float64, seed: int = 0) -> MultiTaskSAC:
     """The real agent with tiny widths, so the checks cover the real trunk/head layout."""
     torch.manual_seed(seed)
-    return MultiTaskSAC(OBS, ACT, K, hidden_dim=8, num_layers=2).to(dtype)
+    return MultiTaskSAC(
+        OBS, ACT, K, hidden_dim=8, num_layers=2, discount=0.99, init_temperature=1.0, log_std_min=-20.0, log_std_max=2.0
+    ).to(dtype)
 
 
 def critic_data(dtype: torch.dtype, seed: int = 1, target_value: float | None = None) -> tuple[torch.Tensor, ...]:

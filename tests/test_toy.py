@@ -152,7 +152,9 @@ def test_famo_reaches_the_front_from_every_start_of_its_paper(fronts):
         assert not on_front(trajectory[0], setup.scale, fronts[setup.scale]), start  # the criterion is not vacuous
         final = trajectory[-1]
         distance, gap = front_distance(final, setup.scale, fronts[setup.scale]), toy.pareto_gap(final, setup.scale)
-        assert distance < FRONT_TOL and gap < GAP_TOL, f"famo from {start}: front distance {distance:.3g}, gap {gap:.3g}"
+        assert distance < FRONT_TOL and gap < GAP_TOL, (
+            f"famo from {start}: front distance {distance:.3g}, gap {gap:.3g}"
+        )
 
 
 def test_cagrad_reaches_the_front_from_every_start_of_its_paper(fronts):
@@ -165,7 +167,9 @@ def test_cagrad_reaches_the_front_from_every_start_of_its_paper(fronts):
         assert not on_front(trajectory[0], setup.scale, fronts[setup.scale]), start
         final = trajectory[-1]
         distance, gap = front_distance(final, setup.scale, fronts[setup.scale]), toy.pareto_gap(final, setup.scale)
-        assert distance < FRONT_TOL and gap < GAP_TOL, f"cagrad from {start}: front distance {distance:.3g}, gap {gap:.3g}"
+        assert distance < FRONT_TOL and gap < GAP_TOL, (
+            f"cagrad from {start}: front distance {distance:.3g}, gap {gap:.3g}"
+        )
         finals.append(final)
     # CAGrad's trade-off (c < 1): all runs end at the mean loss's minimiser x = (0, -8.36), where L1 = L2
     np.testing.assert_allclose(np.array(finals)[:, 0], 0.0, atol=0.05)

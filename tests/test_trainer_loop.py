@@ -11,7 +11,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import tb_scalars
 
 from mtrl_famo.agents.networks import is_task_specific
 from mtrl_famo.balancers import FAMO, MeanLoss, PCGrad
@@ -20,21 +19,41 @@ from mtrl_famo.envs import EpisodeTracker
 from mtrl_famo.metrics import MetricsWriter
 from mtrl_famo.trainer import Trainer
 
+from conftest import tb_scalars
+
 TASKS = ("reach-v3", "push-v3")
 K = len(TASKS)
 HORIZON = 5  # Metaworld only truncates: every episode lasts exactly HORIZON steps
 GOAL = slice(36, 39)  # the goal position inside Metaworld's 39-dim observation
 
 
-def make_trainer(tmp_path, *, seed: int = 0, warmup: int = 3, updates_per_step: int = 1,
-                 balancer: tuple[str, ...] = ("balancer=mtsac",)) -> Trainer:
+def make_trainer(
+    tmp_path,
+    *,
+    seed: int = 0,
+    warmup: int = 3,
+    updates_per_step: int = 1,
+    balancer: tuple[str, ...] = ("balancer=mtsac",),
+) -> Trainer:
     """A trainer built from the config the CLI would compose for these overrides."""
     config = compose(
-        "env=custom", f"env.tasks=[{','.join(TASKS)}]", f"env.max_episode_steps={HORIZON}",
-        "agent.hidden_dim=16", "agent.num_layers=1", "agent.batch_size_per_task=4", f"agent.warmup_steps={warmup}",
-        "agent.replay_size=1000", f"agent.updates_per_step={updates_per_step}", *balancer,
-        f"seed={seed}", "device=cpu", "steps=100", f"run_dir={tmp_path / f'run-seed{seed}'}", "progress=false",
-        "eval.every=100", "log.every=100",
+        "env=custom",
+        f"env.tasks=[{','.join(TASKS)}]",
+        f"env.max_episode_steps={HORIZON}",
+        "agent.hidden_dim=16",
+        "agent.num_layers=1",
+        "agent.batch_size_per_task=4",
+        f"agent.warmup_steps={warmup}",
+        "agent.replay_size=1000",
+        f"agent.updates_per_step={updates_per_step}",
+        *balancer,
+        f"seed={seed}",
+        "device=cpu",
+        "steps=100",
+        f"run_dir={tmp_path / f'run-seed{seed}'}",
+        "progress=false",
+        "eval.every=100",
+        "log.every=100",
     )
     return Trainer(config)
 
@@ -70,11 +89,16 @@ class StepSpy:
         obs, reward, terminated, truncated, info = self.original(actions)
         if self.inject is not None:
             self.inject(len(self.calls), info)
-        self.calls.append({
-            "action": action, "obs": np.array(obs, copy=True), "reward": np.array(reward, copy=True),
-            "terminated": np.array(terminated, copy=True), "truncated": np.array(truncated, copy=True),
-            "info": copy.deepcopy(info),
-        })
+        self.calls.append(
+            {
+                "action": action,
+                "obs": np.array(obs, copy=True),
+                "reward": np.array(reward, copy=True),
+                "terminated": np.array(terminated, copy=True),
+                "truncated": np.array(truncated, copy=True),
+                "info": copy.deepcopy(info),
+            }
+        )
         return obs, reward, terminated, truncated, info
 
 
@@ -89,6 +113,7 @@ def raw_success(call: dict, last_step: bool) -> np.ndarray:
 
 
 # ----- 1. what the loop stores ---------------------------------------------------------------
+
 
 def test_replay_stores_true_final_obs_and_no_termination_at_truncation(trainers, tmp_path):
     trainer = trainers(tmp_path, warmup=100)  # stay in warm-up: only the storing is under test
@@ -106,7 +131,9 @@ def test_replay_stores_true_final_obs_and_no_termination_at_truncation(trainers,
     assert ends == [HORIZON - 1, 2 * HORIZON - 1]  # the horizon really truncated, for both tasks
     for t, call in enumerate(spy.calls):
         assert not call["terminated"].any()  # Metaworld never terminates ...
-        np.testing.assert_array_equal(stored["terminated"][:, t], np.zeros(K))  # ... and truncation is not stored as such
+        np.testing.assert_array_equal(
+            stored["terminated"][:, t], np.zeros(K)
+        )  # ... and truncation is not stored as such
         np.testing.assert_array_equal(stored["action"][:, t], call["action"])
         np.testing.assert_allclose(stored["reward"][:, t], call["reward"], rtol=1e-6)
         previous_obs = first_obs if t == 0 else spy.calls[t - 1]["obs"]
@@ -127,6 +154,7 @@ def test_replay_stores_true_final_obs_and_no_termination_at_truncation(trainers,
 
 
 # ----- 2. warm-up actions, then the policy's ----------------------------------------------------
+
 
 def test_uniform_actions_during_warmup_then_policy_actions(trainers, tmp_path):
     warmup, seed = 4, 5
@@ -168,6 +196,7 @@ def test_uniform_actions_during_warmup_then_policy_actions(trainers, tmp_path):
 
 # ----- 3. updates start right after warm-up ------------------------------------------------------
 
+
 def test_updates_start_after_warmup_with_updates_per_step_each(trainers, tmp_path):
     warmup, per_step = 3, 3
     trainer = trainers(tmp_path, warmup=warmup, updates_per_step=per_step)
@@ -186,11 +215,20 @@ def test_updates_start_after_warmup_with_updates_per_step_each(trainers, tmp_pat
 
 # ----- 4. the balancer goes to the losses apply_to names ---------------------------------------
 
+
 @pytest.mark.parametrize(
     "balancer, balanced, plain",
     [
-        (("balancer=famo", "balancer.apply_to=[critic]", "balancer.options.w_lr=0.05", "balancer.options.gamma=0.01"),
-         "critic", "actor"),
+        (
+            (
+                "balancer=famo",
+                "balancer.apply_to=[critic]",
+                "balancer.options.w_lr=0.05",
+                "balancer.options.gamma=0.01",
+            ),
+            "critic",
+            "actor",
+        ),
         (("balancer=pcgrad", "balancer.apply_to=[actor]", "balancer.options.reduction=sum"), "actor", "critic"),
     ],
     ids=["famo-critic", "pcgrad-actor"],
@@ -228,6 +266,7 @@ def test_balancer_applies_only_to_the_losses_named(trainers, tmp_path, balancer,
 
 
 # ----- 5. episode success (any step) and return (sum), as logged ---------------------------------
+
 
 def test_episode_tracker_against_a_hand_count():
     tracker = EpisodeTracker(2)
@@ -278,7 +317,7 @@ def test_logged_train_success_and_return_follow_the_episode_definitions(trainers
     # Hand count from the raw steps, episode by episode.
     episodes = []  # (per-task return, per-task any-step success, per-task last-step success)
     for start in range(0, 4 * HORIZON, HORIZON):
-        calls = spy.calls[start:start + HORIZON]
+        calls = spy.calls[start : start + HORIZON]
         assert [bool(c["truncated"].all()) for c in calls] == [False] * (HORIZON - 1) + [True]
         flags = np.stack([raw_success(c, last_step=i == HORIZON - 1) for i, c in enumerate(calls)])
         episodes.append((sum(c["reward"].astype(np.float64) for c in calls), flags.max(0), flags[-1]))
@@ -297,6 +336,7 @@ def test_logged_train_success_and_return_follow_the_episode_definitions(trainers
 
 
 # ----- 6. seeds ----------------------------------------------------------------------------------
+
 
 def _run_recorded(trainer: Trainer, steps: int) -> dict:
     spy = StepSpy(trainer)

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 
 class Balancer(ABC):
-    """Turns K per-task losses into one update. Subclass one of the two kinds below."""
+    """Turns K per-task losses into one update. Subclass one of the two kinds below.
+
+    Constructor options have no defaults here: their one home is `configs/balancer/<name>.yaml`,
+    and `mtrl_famo.balancers.make` fills what a caller leaves out from there.
+    """
+
+    # Whether the balancer needs every loss positive (e.g. it takes the log of each loss), so that
+    # a loss which can be negative (SAC's actor loss) is refused before training starts.
+    needs_positive_losses: ClassVar[bool] = False
+    # The option that shifts the losses, `l - option > 0` being what is then needed (None: no such option).
+    loss_bound_option: ClassVar[str | None] = None
 
     def __init__(self, num_tasks: int):
         if num_tasks < 1:
@@ -18,6 +28,10 @@ class Balancer(ABC):
 
     def update(self, losses_before: torch.Tensor, losses_after: torch.Tensor) -> None:
         """After-step hook with the losses on the same batch before and after the step."""
+
+    def accepts_negative_losses(self) -> bool:
+        """Whether losses below zero are fine with the options this balancer was built with."""
+        return not self.needs_positive_losses
 
     @property
     def needs_losses_after_step(self) -> bool:
@@ -30,7 +44,7 @@ class Balancer(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned (stateless balancers keep nothing)."""
 
-    def to(self, device: torch.device | str) -> "Balancer":
+    def to(self, device: torch.device | str) -> Balancer:
         return self
 
 

@@ -38,9 +38,7 @@ def cagrad_objective(w: np.ndarray, gram: np.ndarray, c: float) -> float:
     return float(w @ gram.mean(axis=1) + c * g0_norm * math.sqrt(max(w @ gram @ w, 0.0)))
 
 
-def solve_cagrad_dual(
-    gram: np.ndarray, c: float, start: np.ndarray | None = None, max_iter: int = 2000, tol: float = 1e-8
-) -> np.ndarray:
+def solve_cagrad_dual(gram: np.ndarray, c: float, start: np.ndarray | None, *, max_iter: int, tol: float) -> np.ndarray:
     """Minimiser of `cagrad_objective` over the simplex (FISTA with backtracking and restart).
 
     Stops when the Frank-Wolfe gap, a certified bound on `f(w) - f*`, is below
@@ -89,12 +87,14 @@ def solve_cagrad_dual(
 class CAGrad(GradientManipulation):
     """Conflict-averse update direction; c=0 gives the mean gradient (MT-SAC)."""
 
-    def __init__(self, num_tasks: int, c: float = 0.5, rescale: int = 1, max_iter: int = 2000, tol: float = 1e-8):
+    def __init__(self, num_tasks: int, *, c: float, rescale: int, max_iter: int, tol: float):
         super().__init__(num_tasks)
         if c < 0:
             raise ValueError(f"CAGrad c must be non-negative, got {c}.")
         if rescale not in RESCALES:
-            raise ValueError(f"Unknown CAGrad rescale {rescale}; choose 0 (none), 1 (divide by 1+c^2) or 2 (divide by 1+c).")
+            raise ValueError(
+                f"Unknown CAGrad rescale {rescale}; choose 0 (none), 1 (divide by 1+c^2) or 2 (divide by 1+c)."
+            )
         self.c = float(c)
         self.rescale = int(rescale)
         self.max_iter = max_iter
@@ -106,7 +106,7 @@ class CAGrad(GradientManipulation):
         k = gram.shape[0]
         mixing = np.full(k, 1.0 / k)
         if self.c > 0:
-            w = solve_cagrad_dual(gram, self.c, self.last_weights, self.max_iter, self.tol)
+            w = solve_cagrad_dual(gram, self.c, self.last_weights, max_iter=self.max_iter, tol=self.tol)
             self.last_weights = w
             g0_norm = math.sqrt(max(gram.mean(), 0.0))
             gw_norm = math.sqrt(max(w @ gram @ w, 0.0))

@@ -14,7 +14,8 @@ Difference from the published MTRL file: it multiplies by `sum_i z_i / l_i` wher
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -24,13 +25,17 @@ from mtrl_famo.balancers.base import LossWeighting
 class FAMO(LossWeighting):
     """Fast Adaptive Multitask Optimisation: O(1) loss weighting that equalises log-loss decrease."""
 
+    needs_positive_losses = True  # log(l_i - b_i + eps)
+    loss_bound_option = "min_losses"
+
     def __init__(
         self,
         num_tasks: int,
-        w_lr: float = 0.025,
-        gamma: float = 0.001,
-        min_losses: float | Sequence[float] = 0.0,
-        eps: float = 1e-8,
+        *,
+        w_lr: float,
+        gamma: float,
+        min_losses: float | Sequence[float],
+        eps: float,
     ):
         super().__init__(num_tasks)
         if w_lr <= 0:
@@ -49,13 +54,19 @@ class FAMO(LossWeighting):
         self.logits = torch.zeros(num_tasks, requires_grad=True)
         self.optimizer = torch.optim.Adam([self.logits], lr=w_lr, weight_decay=gamma)
 
-    def to(self, device: torch.device | str) -> "FAMO":
+    def to(self, device: torch.device | str) -> FAMO:
         state = self.optimizer.state_dict()
         self.logits = self.logits.detach().to(device).requires_grad_(True)
         self.min_losses = self.min_losses.to(device)
-        self.optimizer = torch.optim.Adam([self.logits], **{k: state["param_groups"][0][k] for k in ("lr", "weight_decay")})
+        self.optimizer = torch.optim.Adam(
+            [self.logits], **{k: state["param_groups"][0][k] for k in ("lr", "weight_decay")}
+        )
         self.optimizer.load_state_dict(state)
         return self
+
+    def accepts_negative_losses(self) -> bool:
+        """Only with every bound b_i below zero can a negative loss still give `l_i - b_i > 0`."""
+        return bool((self.min_losses < 0).all())
 
     def weights(self) -> torch.Tensor:
         return torch.softmax(self.logits.detach(), dim=-1)

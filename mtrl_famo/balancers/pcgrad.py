@@ -24,7 +24,7 @@ REDUCTIONS = ("mean", "sum")
 class PCGrad(GradientManipulation):
     """Gradient surgery with per-task random projection orders from a seeded generator."""
 
-    def __init__(self, num_tasks: int, reduction: str = "mean", seed: int = 0):
+    def __init__(self, num_tasks: int, *, reduction: str, seed: int):
         super().__init__(num_tasks)
         if reduction not in REDUCTIONS:
             raise ValueError(f"Unknown PCGrad reduction '{reduction}'; choose one of {', '.join(REDUCTIONS)}.")

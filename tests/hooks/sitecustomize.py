@@ -30,7 +30,7 @@ def _install_pause(pause_at: int, marker: str | None) -> None:
     original_flag = preemption.PreemptionGuard._flag
     original_step = trainer.Trainer.step
 
-    def flag(self, signum, frame):  # noqa: ANN001 - same signature as the handler it wraps
+    def flag(self, signum, frame):
         original_flag(self, signum, frame)
         caught.append(signum)
 
@@ -57,7 +57,7 @@ def _install_scripted_success() -> None:
 
     original_evaluate = evaluator.evaluate
 
-    def evaluate(policy, env, num_episodes):  # noqa: ANN001, ANN202 - same signature as the original
+    def evaluate(policy, env, num_episodes):
         result = original_evaluate(policy, env, num_episodes)
         result.success_rate = np.floor(np.abs(result.mean_return) * 7.0) % 3 / 2.0
         return result

@@ -1,0 +1,231 @@
+"""One home per default: the YAML under configs/ holds every run default, nothing else repeats it.
+
+The classes and dataclasses have no defaults of their own; the balancers' `make` fills a code
+caller's missing options from configs/balancer/<name>.yaml; `from_dict` requires every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mtrl_famo import balancers
+from mtrl_famo.agents.networks import Actor, MultiHeadMLP, TwinCritic
+from mtrl_famo.agents.sac import MultiTaskSAC
+from mtrl_famo.build import build_agent, build_balancers
+from mtrl_famo.config import (
+    CONFIG_DIR,
+    FIELD_KEYS,
+    AgentConfig,
+    BalancerConfig,
+    ConfigError,
+    TrainConfig,
+    compose,
+    from_dict,
+)
+
+BALANCER_DIR = CONFIG_DIR / "balancer"
+
+
+def yaml(path) -> dict:
+    """A config file as written (interpolations unresolved), read here independently of the code."""
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def keyword_defaults(function) -> dict:
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+# ---------------------------------------------------------------- balancers
+
+
+def test_every_balancer_has_a_config_file_and_no_other() -> None:
+    assert sorted(p.stem for p in BALANCER_DIR.glob("*.yaml")) == sorted(balancers.NAMES)
+
+
+@pytest.mark.parametrize("name", balancers.NAMES)
+def test_config_file_options_are_exactly_the_constructor_options(name: str) -> None:
+    """No option missing from the YAML (it would have no default) and none extra (it would be refused)."""
+    written = yaml(BALANCER_DIR / f"{name}.yaml")
+    assert written["name"] == name
+    assert sorted(written["options"] or {}) == sorted(balancers.options_of(name))
+    assert sorted(balancers.config_option_names(name)) == sorted(balancers.options_of(name))
+
+
+@pytest.mark.parametrize("name", balancers.NAMES)
+def test_balancer_constructors_have_no_defaults(name: str) -> None:
+    assert keyword_defaults(balancers.REGISTRY[name].__init__) == {}
+
+
+@pytest.mark.parametrize("name", balancers.NAMES)
+def test_default_options_are_the_config_file_values(name: str) -> None:
+    written = yaml(BALANCER_DIR / f"{name}.yaml")["options"] or {}
+    standalone = {key: value for key, value in written.items() if not (isinstance(value, str) and "${" in value)}
+    assert balancers.default_options(name) == standalone
+
+
+def test_default_options_are_a_fresh_copy() -> None:
+    balancers.default_options("famo")["gamma"] = 123.0
+    assert balancers.default_options("famo")["gamma"] == yaml(BALANCER_DIR / "famo.yaml")["options"]["gamma"]
+
+
+def test_famo_gamma_default_is_the_published_mtrl_value() -> None:
+    """configs/balancer/famo.yaml says 0.01 (the published MT10 run.sh); the class used to say 0.001."""
+    assert yaml(BALANCER_DIR / "famo.yaml")["options"]["gamma"] == 0.01
+    assert balancers.default_options("famo")["gamma"] == 0.01
+    for famo in (
+        balancers.make("famo", 3),
+        build_balancers(compose("balancer=famo").balancer, 10, torch.device("cpu"))["critic"],
+    ):
+        assert famo.optimizer.param_groups[0]["weight_decay"] == 0.01
+        assert famo.optimizer.param_groups[0]["lr"] == 0.025
+
+
+def balancer_settings(balancer) -> dict:
+    """The option values a built balancer ended up with, read from its state."""
+    if isinstance(balancer, balancers.FAMO):
+        group = balancer.optimizer.param_groups[0]
+        return {
+            "w_lr": group["lr"],
+            "gamma": group["weight_decay"],
+            "min_losses": balancer.min_losses.tolist(),
+            "eps": balancer.eps,
+        }
+    if isinstance(balancer, balancers.CAGrad):
+        return {"c": balancer.c, "rescale": balancer.rescale, "max_iter": balancer.max_iter, "tol": balancer.tol}
+    if isinstance(balancer, balancers.PCGrad):
+        return {"reduction": balancer.reduction, "generator": balancer.generator.get_state().tolist()}
+    return {}
+
+
+@pytest.mark.parametrize("name", balancers.NAMES)
+def test_cli_config_and_code_callers_get_the_same_yaml_values(name: str) -> None:
+    seed = 3
+    config = compose(f"balancer={name}", f"seed={seed}")
+    written = yaml(BALANCER_DIR / f"{name}.yaml")
+    resolved = {key: seed if value == "${seed}" else value for key, value in (written["options"] or {}).items()}
+    assert config.balancer.options == resolved
+    assert config.balancer.apply_to == tuple(written["apply_to"])
+    through_cli = build_balancers(config.balancer, 10, torch.device("cpu"))[config.balancer.apply_to[0]]
+    through_code = balancers.make(name, 10, **({"seed": seed} if name == "pcgrad" else {}))
+    assert type(through_cli) is type(through_code) is balancers.REGISTRY[name]
+    assert balancer_settings(through_cli) == balancer_settings(through_code)
+    if name == "famo":
+        assert balancer_settings(through_cli)["min_losses"] == [resolved["min_losses"]] * 10
+
+
+# ---------------------------------------------------------------- agent and the run
+
+
+def test_agent_yaml_keys_are_exactly_the_agent_config_fields() -> None:
+    assert list(yaml(CONFIG_DIR / "agent" / "sac.yaml")) == [f.name for f in dataclasses.fields(AgentConfig)]
+
+
+@pytest.mark.parametrize("cls", [AgentConfig, BalancerConfig, TrainConfig])
+def test_config_dataclasses_have_no_defaults(cls) -> None:
+    assert [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    ] == []
+
+
+@pytest.mark.parametrize(
+    "function", [MultiTaskSAC.__init__, Actor.__init__, TwinCritic.__init__, MultiHeadMLP.__init__]
+)
+def test_network_constructors_have_no_defaults(function) -> None:
+    assert keyword_defaults(function) == {}
+
+
+def test_compose_gives_the_yaml_agent_and_run_values() -> None:
+    config = compose()
+    assert dataclasses.asdict(config.agent) == yaml(CONFIG_DIR / "agent" / "sac.yaml")
+    top = yaml(CONFIG_DIR / "config.yaml")
+    for field, keys in FIELD_KEYS.items():
+        value = top
+        for key in keys:
+            value = value[key]
+        if field != "run_dir":  # interpolated: runs/${env.name}/${balancer.name}/seed=${seed}
+            assert getattr(config, field) == value, field
+    assert config.run_dir == "runs/mt10/mtsac/seed=0"
+    assert set(top) - {"defaults", "hydra"} == {keys[0] for keys in FIELD_KEYS.values()}
+
+
+def test_build_agent_uses_every_agent_value() -> None:
+    config = compose(
+        "agent.hidden_dim=24",
+        "agent.num_layers=2",
+        "agent.discount=0.9",
+        "agent.init_temperature=0.5",
+        "agent.log_std_min=-7",
+        "agent.log_std_max=1.5",
+    )
+    agent = build_agent(config.agent, 49, 4, 10, torch.device("cpu"))
+    assert agent.discount == 0.9
+    torch.testing.assert_close(agent.alpha(), torch.full((10, 1), 0.5))
+    assert (agent.actor.log_std_min, agent.actor.log_std_max) == (-7, 1.5)
+    linear = [m for m in agent.critic.q1.trunk if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linear] == [24, 24]
+
+
+# ---------------------------------------------------------------- from_dict: every key required
+
+
+def full_dict() -> dict:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=["env=custom"]), resolve=True)
+
+
+@pytest.mark.parametrize(
+    "path, shown",
+    [
+        (("agent", "lr"), "agent.lr is missing"),
+        (("seed",), "seed is missing"),
+        (("eval", "episodes"), "eval.episodes is missing"),
+        (("env", "max_episode_steps"), "env.max_episode_steps is missing"),
+        (("balancer", "apply_to"), "balancer.apply_to is missing"),
+        (("checkpoint",), "checkpoint is missing"),
+    ],
+)
+def test_a_missing_key_is_one_sentence_not_a_hidden_default(path: tuple[str, ...], shown: str) -> None:
+    cfg = full_dict()
+    section = cfg
+    for key in path[:-1]:
+        section = section[key]
+    del section[path[-1]]
+    with pytest.raises(ConfigError) as error:
+        from_dict(cfg)
+    message = str(error.value)
+    assert shown in message and "\n" not in message and message.endswith(".")
+
+
+@pytest.mark.parametrize(
+    "path, shown",
+    [
+        (("agent", "learning_rate"), "Unknown config key agent.learning_rate; valid keys there are hidden_dim"),
+        (("eval", "seeds"), "Unknown config key eval.seeds; valid keys there are every, episodes"),
+        (("steps_per_task",), "Unknown config key steps_per_task"),
+    ],
+)
+def test_an_unknown_key_is_one_sentence(path: tuple[str, ...], shown: str) -> None:
+    cfg = full_dict()
+    section = cfg
+    for key in path[:-1]:
+        section = section[key]
+    section[path[-1]] = 1
+    with pytest.raises(ConfigError) as error:
+        from_dict(cfg)
+    assert shown in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_full_config_reads_back() -> None:
+    config = from_dict(full_dict())
+    assert config.env.tasks == ("reach-v3", "push-v3") and config.balancer.name == "mtsac"
