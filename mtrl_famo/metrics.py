@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mtrl_famo.balanced_backward import ConflictStats
-from mtrl_famo.balancers import Balancer, LossWeighting
+from mtrl_famo.balancers import Balancer
 from mtrl_famo.envs.evaluation import EvalResult
 from mtrl_famo.learner import UpdateResult
 
@@ -36,7 +36,8 @@ def balancer_prefix(loss: str) -> str:
 
 
 def weight_tag(loss: str) -> str:
-    """Per-task loss weights of a loss-weighting balancer: `<prefix>weight/<task>`."""
+    """Per-task weights, `<prefix>weight/<task>`: a loss-weighting balancer's loss weights, or a
+    gradient method's mixing weights m of its last update (d = m^T G); mtsac's are 1/K for both."""
     return f"{balancer_prefix(loss)}weight"
 
 
@@ -116,8 +117,9 @@ class TrainMetrics:
             writer.scalar(UPDATE_MS, 1e3 * self.update_seconds / len(self.updates), step)
         writer.per_task(ALPHA, alpha.detach().reshape(-1).cpu().numpy(), step)
         for loss, balancer in balancers.items():
-            if isinstance(balancer, LossWeighting) and loss in balanced_losses:
-                writer.per_task(weight_tag(loss), balancer.weights().cpu().numpy(), step)
+            weights = balancer.weights() if loss in balanced_losses else None
+            if weights is not None:
+                writer.per_task(weight_tag(loss), weights.detach().cpu().numpy(), step)
         now = time.perf_counter()
         if self._window is not None:
             started, at_step = self._window

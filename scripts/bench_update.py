@@ -81,9 +81,8 @@ def time_update(learner: SACLearner, replay: TaskReplay, batch: int, device: tor
 
 
 def bench(k: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
-    names = args.balancers or list(balancers.NAMES)
-    if "mtsac" not in names:
-        names = ["mtsac", *names]
+    chosen = args.balancers or list(balancers.NAMES)
+    names = ["mtsac", *(name for name in chosen if name != "mtsac")]  # the baseline first: ratios are to it
     configs = {name: bench_config(name, k, args) for name in names}
     setups = {name: make_learner(config, device) for name, config in configs.items()}
     for name, (learner, replay) in setups.items():

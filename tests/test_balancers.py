@@ -20,7 +20,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from mtrl_famo.balancers import NAMES, GradientManipulation, LossWeighting, make
+from mtrl_famo.balancers import NAMES, REGISTRY, GradientManipulation, GramMixing, LossWeighting, make, options_of
 
 # ---------------------------------------------------------------- registry and option errors
 
@@ -497,3 +497,15 @@ def test_famo_state_round_trip_gives_identical_subsequent_weights() -> None:
     for before, after in steps[3:]:
         step(late, before, after)
     torch.testing.assert_close(late.weights(), original.weights(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if issubclass(REGISTRY[n], GramMixing)])
+def test_logged_mixing_weights_reproduce_the_update(name: str) -> None:
+    """What a gradient method logs as its weights is the m of its update: d = m^T G exactly."""
+    grads = torch.randn(5, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grads[1] = -0.7 * grads[0] + 0.1 * grads[1]  # a conflicting pair, so the methods act
+    balancer = make(name, 5, seed=0) if "seed" in options_of(name) else make(name, 5)
+    assert balancer.weights() is None  # nothing applied yet
+    direction = balancer.combine(grads)
+    torch.testing.assert_close(direction, balancer.weights() @ grads)
+    assert not torch.allclose(balancer.weights(), torch.full((5,), 0.2, dtype=torch.float64))

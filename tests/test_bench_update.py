@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from mtrl_famo.balancers import NAMES
+
 from conftest import REPO
 
 
@@ -39,7 +41,7 @@ def test_tiny_benchmark_runs_every_balancer() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [row["balancer"] for row in rows] == ["mtsac", "famo", "pcgrad", "cagrad"]
+    assert [row["balancer"] for row in rows] == ["mtsac", *(name for name in NAMES if name != "mtsac")]
     assert all(row["tasks"] == 3 and row["ms"] > 0 for row in rows)
 
 

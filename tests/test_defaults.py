@@ -88,7 +88,7 @@ def test_famo_gamma_default_is_the_published_mtrl_value() -> None:
 
 def balancer_settings(balancer) -> dict:
     """The option values a built balancer ended up with, read from its state."""
-    if isinstance(balancer, balancers.FAMO):
+    if isinstance(balancer, balancers.REGISTRY["famo"]):
         group = balancer.optimizer.param_groups[0]
         return {
             "w_lr": group["lr"],
@@ -96,9 +96,9 @@ def balancer_settings(balancer) -> dict:
             "min_losses": balancer.min_losses.tolist(),
             "eps": balancer.eps,
         }
-    if isinstance(balancer, balancers.CAGrad):
+    if isinstance(balancer, balancers.REGISTRY["cagrad"]):
         return {"c": balancer.c, "rescale": balancer.rescale, "max_iter": balancer.max_iter, "tol": balancer.tol}
-    if isinstance(balancer, balancers.PCGrad):
+    if isinstance(balancer, balancers.REGISTRY["pcgrad"]):
         return {"reduction": balancer.reduction, "generator": balancer.generator.get_state().tolist()}
     return {}
 

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from mtrl_famo.agents.networks import is_task_specific
-from mtrl_famo.balancers import FAMO, MeanLoss, PCGrad
+from mtrl_famo.balancers.famo import FAMO
+from mtrl_famo.balancers.mtsac import MeanLoss
+from mtrl_famo.balancers.pcgrad import PCGrad
 from mtrl_famo.config import compose
 from mtrl_famo.envs import EpisodeTracker
 from mtrl_famo.metrics import MetricsWriter

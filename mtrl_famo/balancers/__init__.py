@@ -9,8 +9,10 @@ callers and `python -m mtrl_famo.train balancer=<name>` get the same values.
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 import numbers
+import pkgutil
 import types
 import typing
 from collections.abc import Sequence
@@ -18,19 +20,21 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mtrl_famo.balancers.base import Balancer, GradientManipulation, LossWeighting
-from mtrl_famo.balancers.cagrad import CAGrad
-from mtrl_famo.balancers.famo import FAMO
-from mtrl_famo.balancers.mtsac import MeanLoss
-from mtrl_famo.balancers.pcgrad import PCGrad
+from mtrl_famo.balancers.base import Balancer, GradientManipulation, GramMixing, LossWeighting
+from mtrl_famo.balancers.registry import REGISTRY, register
 
-REGISTRY: dict[str, type[Balancer]] = {
-    "mtsac": MeanLoss,
-    "famo": FAMO,
-    "pcgrad": PCGrad,
-    "cagrad": CAGrad,
-}
-NAMES: tuple[str, ...] = tuple(REGISTRY)
+_INFRASTRUCTURE = {"base", "registry"}
+
+
+def _import_every_method() -> None:
+    """Import each method module of this package; their `@register` fills REGISTRY."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name not in _INFRASTRUCTURE:
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_every_method()
+NAMES: tuple[str, ...] = tuple(sorted(REGISTRY))
 
 
 def options_of(name: str) -> list[str]:
@@ -154,10 +158,12 @@ __all__ = [
     "REGISTRY",
     "Balancer",
     "GradientManipulation",
+    "GramMixing",
     "LossWeighting",
     "check_option_types",
     "config_option_names",
     "default_options",
     "make",
     "options_of",
+    "register",
 ]

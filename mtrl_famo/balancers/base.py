@@ -15,6 +15,7 @@ class Balancer(ABC):
     and `mtrl_famo.balancers.make` fills what a caller leaves out from there.
     """
 
+    name: ClassVar[str]  # set by `@register("<name>")` (mtrl_famo.balancers.registry)
     # Whether the balancer needs every loss positive (e.g. it takes the log of each loss), so that
     # a loss which can be negative (SAC's actor loss) is refused before training starts.
     needs_positive_losses: ClassVar[bool] = False
@@ -63,6 +64,33 @@ class LossWeighting(Balancer):
 class GradientManipulation(Balancer):
     """Balances by combining the `[K, D]` per-task gradients of the shared parameters."""
 
+    def __init__(self, num_tasks: int):
+        super().__init__(num_tasks)
+        # m of the last update, d = m^T G, for methods whose update is such a mix (None otherwise):
+        # logged beside the loss-weighting methods' weights, on the same scale (mtsac: 1/K each).
+        self.last_mix: torch.Tensor | None = None
+
     @abstractmethod
     def combine(self, grads: torch.Tensor) -> torch.Tensor:
         """`[K, D]` per-task gradients in, the `[D]` update direction out."""
+
+    def weights(self) -> torch.Tensor | None:
+        """The mixing weights m of the last update (d = m^T G), or None before the first update or
+        when the method's update is not a mix of the task gradients."""
+        return self.last_mix
+
+
+class GramMixing(GradientManipulation):
+    """A gradient method whose update is `d = m^T G` with m a function of the K x K Gram matrix
+    `G G^T` alone (PCGrad, CAGrad, MGDA, Nash-MTL, ...): only that small matrix is needed to decide
+    the update, and the `[K, D]` matrix is touched by two matmuls."""
+
+    @abstractmethod
+    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
+        """`[K, K]` float64 Gram matrix in (on the gradients' device), `[K]` mixing weights m out."""
+
+    def combine(self, grads: torch.Tensor) -> torch.Tensor:
+        gram = (grads @ grads.T).double()
+        mix = self.mixing_weights(gram).to(device=grads.device, dtype=grads.dtype)
+        self.last_mix = mix
+        return mix @ grads

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtrl_famo.balancers.base import GradientManipulation
+from mtrl_famo.balancers.base import GramMixing
+from mtrl_famo.balancers.registry import register
 
 RESCALES = (0, 1, 2)
 
@@ -84,7 +85,8 @@ def solve_cagrad_dual(gram: np.ndarray, c: float, start: np.ndarray | None, *, m
     return w
 
 
-class CAGrad(GradientManipulation):
+@register("cagrad")
+class CAGrad(GramMixing):
     """Conflict-averse update direction; c=0 gives the mean gradient (MT-SAC)."""
 
     def __init__(self, num_tasks: int, *, c: float, rescale: int, max_iter: int, tol: float):
@@ -101,8 +103,12 @@ class CAGrad(GradientManipulation):
         self.tol = tol
         self.last_weights = np.full(num_tasks, 1.0 / num_tasks)
 
-    def mixing_weights(self, gram: np.ndarray) -> np.ndarray:
+    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
         """m with d = m @ G: 1/K + (c |g0| / |g_w|) w, then the rescale."""
+        return torch.as_tensor(self.mixing_weights_numpy(gram.cpu().numpy()), device=gram.device)
+
+    def mixing_weights_numpy(self, gram: np.ndarray) -> np.ndarray:
+        """`mixing_weights` on a float64 numpy Gram matrix (the dual is solved on the host)."""
         k = gram.shape[0]
         mixing = np.full(k, 1.0 / k)
         if self.c > 0:
@@ -116,11 +122,6 @@ class CAGrad(GradientManipulation):
         elif self.rescale == 2:
             mixing /= 1.0 + self.c
         return mixing
-
-    def combine(self, grads: torch.Tensor) -> torch.Tensor:
-        gram = (grads @ grads.T).double().cpu().numpy()
-        mixing = torch.as_tensor(self.mixing_weights(gram), dtype=grads.dtype, device=grads.device)
-        return mixing @ grads
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_weights": self.last_weights.copy()}

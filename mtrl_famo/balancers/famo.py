@@ -20,8 +20,10 @@ from typing import Any
 import torch
 
 from mtrl_famo.balancers.base import LossWeighting
+from mtrl_famo.balancers.registry import register
 
 
+@register("famo")
 class FAMO(LossWeighting):
     """Fast Adaptive Multitask Optimisation: O(1) loss weighting that equalises log-loss decrease."""
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from mtrl_famo.balancers.base import LossWeighting
+from mtrl_famo.balancers.registry import register
 
 
+@register("mtsac")
 class MeanLoss(LossWeighting):
     """Plain multitask SAC: minimise the average task loss."""
 

@@ -16,12 +16,14 @@ from typing import Any
 
 import torch
 
-from mtrl_famo.balancers.base import GradientManipulation
+from mtrl_famo.balancers.base import GramMixing
+from mtrl_famo.balancers.registry import register
 
 REDUCTIONS = ("mean", "sum")
 
 
-class PCGrad(GradientManipulation):
+@register("pcgrad")
+class PCGrad(GramMixing):
     """Gradient surgery with per-task random projection orders from a seeded generator."""
 
     def __init__(self, num_tasks: int, *, reduction: str, seed: int):
@@ -51,13 +53,10 @@ class PCGrad(GradientManipulation):
             coeffs[rows, others] -= scale
         return coeffs
 
-    def combine(self, grads: torch.Tensor) -> torch.Tensor:
-        gram = (grads @ grads.T).double()
-        orders = self.draw_orders().to(grads.device)
+    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
+        orders = self.draw_orders().to(gram.device)
         mixing = self.coefficients(gram, orders).sum(dim=0)
-        if self.reduction == "mean":
-            mixing = mixing / self.num_tasks
-        return mixing.to(grads.dtype) @ grads
+        return mixing / self.num_tasks if self.reduction == "mean" else mixing
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
