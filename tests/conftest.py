@@ -58,6 +58,27 @@ def tiny_cli_run(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
+# Balancers with a run of their own in `tiny_cli_run` (test_cli reads those runs as a user's single run).
+SINGLE_RUN_BALANCERS = ("mtsac", "famo")
+
+
+@pytest.fixture(scope="session")
+def tiny_balancer_runs(tiny_cli_run, tmp_path_factory: pytest.TempPathFactory):
+    """The TINY_RUN of every registered balancer through the real CLI, as `balancer -> run dir`:
+    mtsac and famo from `tiny_cli_run`, all others from ONE multirun (`-m balancer=a,b,...`, Hydra's
+    basic launcher: one process, one run after another), which saves an interpreter start-up each."""
+    from mtrl_famo.balancers import NAMES
+
+    others = [name for name in NAMES if name not in SINGLE_RUN_BALANCERS]
+    sweep = tmp_path_factory.mktemp("tiny-sweep") / "sweep"
+    result = run_cli("-m", *TINY_RUN, f"balancer={','.join(others)}", f"hydra.sweep.dir={sweep}", cwd=sweep.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dirs = {name: sweep / "custom" / name / "seed=0" for name in others}
+    for name in SINGLE_RUN_BALANCERS:
+        dirs[name] = tiny_cli_run(name)[0] / "runs" / "custom" / name / "seed=0"
+    return dirs
+
+
 @pytest.fixture
 def two_task_env():
     env = build_env(

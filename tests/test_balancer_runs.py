@@ -7,16 +7,45 @@ import math
 
 import pytest
 
+from mtrl_famo.balancers import NAMES, REGISTRY, GradientManipulation, GramMixing, LossWeighting
+from mtrl_famo.config import compose
+
 from conftest import tb_scalars
 
 TASKS = ("reach-v3", "push-v3")
 CONFLICT_TAGS = ("grad_cosine_min", "grad_cosine_mean", "grad_conflicting_pairs")
 
 
+@pytest.mark.parametrize("balancer", NAMES)
+def test_every_balancer_trains_through_cli_and_logs_its_weights(balancer: str, tiny_balancer_runs) -> None:
+    run_dir = tiny_balancer_runs[balancer]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["env_steps"] == 120
+    assert f"name: {balancer}" in (run_dir / "config.yaml").read_text()
+    scalars = tb_scalars(run_dir)
+    for tag in ("loss/critic", "loss/actor", "loss/alpha"):
+        values = [value for _, value in scalars[tag]]
+        assert values and all(math.isfinite(v) for v in values), tag
+    assert [step for step, _ in scalars["eval/success_rate"]] == [60, 120]
+
+    cls = REGISTRY[balancer]
+    applied = compose(f"balancer={balancer}").balancer.apply_to
+    for loss in ("critic", "actor"):
+        prefix = "balancer/" if loss == "critic" else "balancer/actor/"
+        gradient_stats = issubclass(cls, GradientManipulation) and loss in applied
+        assert (f"{prefix}grad_cosine_min" in scalars) == gradient_stats, (loss, applied)
+        weights = [tag for tag in scalars if tag.startswith(f"{prefix}weight/")]
+        # Every method that is a weighting of the losses or a mix of the task gradients logs its
+        # weights for the losses it is applied to (an elementwise method such as GradDrop is neither).
+        logs_weights = loss in applied and issubclass(cls, (LossWeighting, GramMixing))
+        assert sorted(weights) == (sorted(f"{prefix}weight/{task}" for task in TASKS) if logs_weights else [])
+        for tag in weights:
+            assert all(math.isfinite(value) for _, value in scalars[tag])
+
+
 @pytest.mark.parametrize("balancer", ["mtsac", "famo", "pcgrad", "cagrad"])
-def test_balancer_trains_through_cli(balancer: str, tiny_cli_run) -> None:
-    cwd, _ = tiny_cli_run(balancer)
-    run_dir = cwd / "runs" / "custom" / balancer / "seed=0"
+def test_balancer_trains_through_cli(balancer: str, tiny_balancer_runs) -> None:
+    run_dir = tiny_balancer_runs[balancer]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["complete"] and summary["env_steps"] == 120
 
