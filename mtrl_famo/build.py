@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,11 +38,20 @@ def build_agent(
     ).to(device)
 
 
+def options_for_loss(options: dict[str, Any], loss: str) -> dict[str, Any]:
+    """A balancer's options for one loss. A `seed` option gets one stream per loss (the critic keeps
+    the configured seed, the actor's is offset), so that e.g. RLW's critic and actor weights, or
+    PCGrad's projection orders, are not the same draws on every update."""
+    if "seed" not in options:
+        return dict(options)
+    return {**options, "seed": int(options["seed"]) + 1_000_003 * BALANCED_LOSSES.index(loss)}
+
+
 def build_balancers(balancer: BalancerConfig, num_tasks: int, device: torch.device) -> dict[str, Balancer]:
     """The configured balancer (with its options) for each loss in `apply_to`; the mean loss for the rest."""
     return {
         loss: (
-            balancers.make(balancer.name, num_tasks, **balancer.options)
+            balancers.make(balancer.name, num_tasks, **options_for_loss(balancer.options, loss))
             if loss in balancer.apply_to
             else balancers.make("mtsac", num_tasks)
         ).to(device)

@@ -88,9 +88,14 @@ LOG_LOWER = math.log(LOWER)
 DTYPE = torch.float32  # the papers' and the trainer's precision; `pareto_gap` and the front use float64
 
 
+def loss_floor(scale: float) -> np.ndarray:
+    """FAMO's toy lower bound of the two losses (its `min_losses`): they never go below it."""
+    return np.array([-21.0 * scale, -21.0])
+
+
 def famo_options(scale: float) -> dict[str, Any]:
     """FAMO's toy settings (Cranial-XIX/FAMO experiments/toy): no weight decay, losses bounded below by -21."""
-    return {"w_lr": 0.025, "gamma": 0.0, "min_losses": [-21.0 * scale, -21.0]}
+    return {"w_lr": 0.025, "gamma": 0.0, "min_losses": loss_floor(scale).tolist()}
 
 
 @dataclass(frozen=True)
@@ -248,8 +253,21 @@ def front_distance(loss_points: np.ndarray, front: np.ndarray) -> np.ndarray:
 
 
 def options_for(balancer_name: str, setup: Setup) -> dict[str, Any]:
-    """The setup's options for a balancer (empty: the project's defaults)."""
-    return dict(setup.options.get(balancer_name, {}))
+    """The setup's options for a balancer (empty: the project's defaults; a seeded method gets 0)."""
+    options = dict(setup.options.get(balancer_name, {}))
+    if balancer_name in balancers.REGISTRY and "seed" in balancers.options_of(balancer_name):
+        options.setdefault("seed", 0)
+    return options
+
+
+def loss_shift(balancer_name: str, scale: float) -> np.ndarray:
+    """What to subtract from the toy's losses before a balancer sees them. The toy's losses are
+    logs and go negative; a method that needs positive losses and has no bound option of its own
+    (FAMO's `min_losses`) sees them measured from `loss_floor`, as FAMO does. Gradients are unchanged."""
+    cls = balancers.REGISTRY.get(balancer_name)
+    if cls is not None and cls.needs_positive_losses and cls.loss_bound_option is None:
+        return loss_floor(scale)
+    return np.zeros(2)
 
 
 class Adam:
@@ -326,6 +344,7 @@ def run_starts(
     if not gradient_method and not isinstance(objects[0], LossWeighting):
         raise TypeError(f"{type(objects[0]).__name__} is neither LossWeighting nor GradientManipulation.")
     needs_after = objects[0].needs_losses_after_step
+    shift = loss_shift(balancer_name, scale)
     optimizer = Adam(torch.as_tensor(start_array, dtype=DTYPE).clone(), lr=lr)
     x_view = optimizer.param.numpy()  # shares memory: Adam updates x in place
     trajectory = np.full((max(budgets) + 1, count, 2), np.nan, dtype=x_view.dtype)
@@ -343,16 +362,16 @@ def run_starts(
         if gradient_method:
             grad = torch.stack([b.combine(g) for b, g in zip(objects, torch.from_numpy(jacobian))])
         else:
-            leaf = torch.from_numpy(values).requires_grad_(True)  # each balancer gets its row
+            leaf = torch.from_numpy(values - shift).requires_grad_(True)  # each balancer gets its row
             objective = sum(b.weighted_loss(row) for b, row in zip(objects, leaf.unbind()))
             (loss_grads,) = torch.autograd.grad(objective, leaf)
             grad = torch.from_numpy(np.einsum("sk,skd->sd", loss_grads.numpy(), jacobian))
-        optimizer.step(grad)
+        optimizer.step(grad.to(DTYPE))  # a method computing in float64 (e.g. DWA's weights) steps x in float32
         # The losses after the step are also the next step's losses (deterministic problem).
         after, jacobian = losses_and_jacobian(x_view, scale)
         if needs_after:
             for b, row_before, row_after in zip(objects, values, after):
-                b.update(torch.from_numpy(row_before), torch.from_numpy(row_after))
+                b.update(torch.from_numpy(row_before - shift), torch.from_numpy(row_after - shift))
         values = after
         trajectory[step + 1, rows] = x_view
     return [trajectory[: budget + 1, s] for s, budget in enumerate(budgets)]

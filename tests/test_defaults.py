@@ -100,7 +100,20 @@ def balancer_settings(balancer) -> dict:
         return {"c": balancer.c, "rescale": balancer.rescale, "max_iter": balancer.max_iter, "tol": balancer.tol}
     if isinstance(balancer, balancers.REGISTRY["pcgrad"]):
         return {"reduction": balancer.reduction, "generator": balancer.generator.get_state().tolist()}
-    return {}
+    # Any other method: its plain attributes (where options land) and its state, made comparable.
+    plain = {key: value for key, value in vars(balancer).items() if isinstance(value, (bool, int, float, str))}
+    return {**plain, "state": comparable(balancer.state_dict())}
+
+
+def comparable(value):
+    """Tensors, arrays and generator states as nested lists, so that two states compare with ==."""
+    if isinstance(value, dict):
+        return {key: comparable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [comparable(item) for item in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
 
 
 @pytest.mark.parametrize("name", balancers.NAMES)
@@ -111,8 +124,9 @@ def test_cli_config_and_code_callers_get_the_same_yaml_values(name: str) -> None
     resolved = {key: seed if value == "${seed}" else value for key, value in (written["options"] or {}).items()}
     assert config.balancer.options == resolved
     assert config.balancer.apply_to == tuple(written["apply_to"])
-    through_cli = build_balancers(config.balancer, 10, torch.device("cpu"))[config.balancer.apply_to[0]]
-    through_code = balancers.make(name, 10, **({"seed": seed} if name == "pcgrad" else {}))
+    assert config.balancer.apply_to[0] == "critic"  # the critic's balancer gets the options as written
+    through_cli = build_balancers(config.balancer, 10, torch.device("cpu"))["critic"]
+    through_code = balancers.make(name, 10, **({"seed": seed} if "seed" in balancers.options_of(name) else {}))
     assert type(through_cli) is type(through_code) is balancers.REGISTRY[name]
     assert balancer_settings(through_cli) == balancer_settings(through_code)
     if name == "famo":
@@ -229,3 +243,16 @@ def test_an_unknown_key_is_one_sentence(path: tuple[str, ...], shown: str) -> No
 def test_the_full_config_reads_back() -> None:
     config = from_dict(full_dict())
     assert config.env.tasks == ("reach-v3", "push-v3") and config.balancer.name == "mtsac"
+
+
+def test_seeded_balancers_draw_one_stream_per_loss() -> None:
+    """RLW on both losses: the critic and the actor must not get the same random weights every update."""
+    config = compose("balancer=rlw", "balancer.apply_to=[critic,actor]", "seed=5")
+    built = build_balancers(config.balancer, 4, torch.device("cpu"))
+    losses = torch.ones(4)
+    built["critic"].weighted_loss(losses)
+    built["actor"].weighted_loss(losses)
+    assert not torch.equal(built["critic"].weights(), built["actor"].weights())
+    twin = balancers.make("rlw", 4, seed=5)  # the critic keeps the configured seed
+    twin.weighted_loss(losses)
+    assert torch.equal(twin.weights(), built["critic"].weights())

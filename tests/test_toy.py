@@ -220,5 +220,5 @@ def test_main_rejects_bad_balancer_in_one_sentence(tmp_path, capsys):
     out = tmp_path / "toy.png"
     assert toy.main(["--balancers", "famo,nope", "--out", str(out), "--steps", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: Unknown balancer 'nope'; choose one of mtsac, famo, pcgrad, cagrad."]
+    assert err == [f"error: Unknown balancer 'nope'; choose one of {', '.join(toy.balancers.NAMES)}."]
     assert not out.exists()
