@@ -132,14 +132,14 @@ def main() -> None:
                 f"K={k}: batch/task={a.batch_size_per_task} {a.num_layers}x{a.hidden_dim}" for k, a in shapes.items()
             )
         )
-        print(f"{'K':>3} {'balancer':<8} {'ms/update':>10} {'x mtsac':>8}")
+        print(f"{'K':>3} {'balancer':<12} {'ms/update':>10} {'x mtsac':>8}")
     for k in args.tasks:
         for row in bench(k, args, device):
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
                 print(
-                    f"{row['tasks']:>3} {row['balancer']:<8} {row['ms']:>10.2f} {row['ratio_to_mtsac']:>8.3f}",
+                    f"{row['tasks']:>3} {row['balancer']:<12} {row['ms']:>10.2f} {row['ratio_to_mtsac']:>8.3f}",
                     flush=True,
                 )
 

@@ -91,9 +91,13 @@ class GradDrop(GradientManipulation):
         uniforms = self.draw_uniforms(grads)
         # Summed positive and negative parts (one [K, D] temporary at a time): an all-positive
         # coordinate has negative == 0 exactly, so P == 1 exactly, and an all-negative one P == 0.
+        # One [K, D] temporary: the negative part is the total minus the positive part. Where no entry
+        # is negative, both sums add the same values in the same order, so negative is exactly 0
+        # (and positive exactly 0 where none is positive): conflict-free coordinates keep P = 1 or 0.
         positive = grads.clamp(min=0).sum(dim=0)
-        negative = grads.clamp(max=0).sum(dim=0)
-        total, absolute = positive + negative, positive - negative
+        total = grads.sum(dim=0)
+        negative = total - positive
+        absolute = positive - negative
         purity = 0.5 * (1.0 + total / absolute.clamp_min(torch.finfo(absolute.dtype).tiny))
         # sum_i M_i g_i: the positive part where U < P, the negative part elsewhere.
         direction = torch.where(uniforms < purity, positive, negative)
