@@ -23,9 +23,12 @@ import torch
 from scipy.optimize import root
 
 from mtrl_famo.agents.networks import is_task_specific
-from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, critic_loss
+from mtrl_famo.agents.sac import actor_loss, critic_loss
 from mtrl_famo.balanced_backward import balanced_backward
 from mtrl_famo.balancers import GramMixing, make
+
+from tiny_setup import K, tiny_agent
+from tiny_setup import loss_data as batch
 
 EXACT_NASH = {"normalize_gram": False, "max_norm": 0.0}  # the paper's condition, unclipped
 
@@ -381,24 +384,6 @@ def test_both_are_gram_mixing_methods() -> None:
 
 
 # ---------------------------------------------------------------- through balanced_backward on a tiny agent
-
-K, B, OBS, ACT = 3, 5, 4, 2
-
-
-def tiny_agent() -> MultiTaskSAC:
-    torch.manual_seed(0)
-    return MultiTaskSAC(
-        OBS, ACT, K, hidden_dim=8, num_layers=2, discount=0.99, init_temperature=1.0, log_std_min=-20.0, log_std_max=2.0
-    ).double()
-
-
-def batch(case: str) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(1)
-    obs = torch.randn(K, B, OBS, generator=generator, dtype=torch.float64)
-    if case == "actor":
-        return obs, torch.randn(K, B, ACT, generator=generator, dtype=torch.float64)
-    action = torch.rand(K, B, ACT, generator=generator, dtype=torch.float64) * 2 - 1
-    return obs, action, torch.randn(K, B, generator=generator, dtype=torch.float64) * 3
 
 
 @pytest.mark.parametrize("case", ["critic", "actor"])

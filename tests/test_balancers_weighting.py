@@ -21,10 +21,12 @@ from scipy import stats
 from torch import nn
 
 from mtrl_famo.agents.networks import is_task_specific
-from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, critic_loss
+from mtrl_famo.agents.sac import actor_loss, critic_loss
 from mtrl_famo.balanced_backward import balanced_backward
 from mtrl_famo.balancers import REGISTRY, GradientManipulation, LossWeighting, make
 from mtrl_famo.config import ConfigError, compose
+
+from tiny_setup import K, actor_data, critic_data, tiny_agent
 
 NEW = ("graddrop", "uw", "dwa", "rlw", "scaleinvls")
 SEEDED = {"graddrop", "rlw"}  # `seed: ${seed}` in their config files: no standalone default
@@ -504,28 +506,6 @@ def test_state_dict_is_a_snapshot_not_a_live_view(name: str) -> None:
 
 
 # ---------------------------------------------------------------- through balanced_backward on a tiny agent
-
-K, B, OBS, ACT = 3, 5, 4, 2
-
-
-def tiny_agent() -> MultiTaskSAC:
-    torch.manual_seed(0)
-    return MultiTaskSAC(
-        OBS, ACT, K, hidden_dim=8, num_layers=2, discount=0.99, init_temperature=1.0, log_std_min=-20.0, log_std_max=2.0
-    ).double()
-
-
-def critic_data() -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(1)
-    obs = torch.randn(K, B, OBS, generator=generator, dtype=torch.float64)
-    action = torch.rand(K, B, ACT, generator=generator, dtype=torch.float64) * 2 - 1
-    return obs, action, torch.randn(K, B, generator=generator, dtype=torch.float64) * 3
-
-
-def actor_data() -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(2)
-    obs = torch.randn(K, B, OBS, generator=generator, dtype=torch.float64)
-    return obs, torch.randn(K, B, ACT, generator=generator, dtype=torch.float64)
 
 
 CASES = {"critic": (critic_loss, critic_data, "critic."), "actor": (actor_loss, actor_data, "actor.")}

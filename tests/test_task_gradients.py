@@ -20,32 +20,9 @@ from mtrl_famo.balanced_backward import balanced_backward
 from mtrl_famo.balancers import GradientManipulation, make
 from mtrl_famo.task_gradients import per_task_gradients
 
-K, B, OBS, ACT = 3, 5, 4, 2
+from tiny_setup import K, actor_data, critic_data, tiny_agent
+
 TOLERANCE = {torch.float64: dict(rtol=1e-7, atol=1e-9), torch.float32: dict(rtol=1e-4, atol=1e-5)}
-
-
-def tiny_agent(dtype: torch.dtype = torch.float64, seed: int = 0) -> MultiTaskSAC:
-    """The real agent with tiny widths, so the checks cover the real trunk/head layout."""
-    torch.manual_seed(seed)
-    return MultiTaskSAC(
-        OBS, ACT, K, hidden_dim=8, num_layers=2, discount=0.99, init_temperature=1.0, log_std_min=-20.0, log_std_max=2.0
-    ).to(dtype)
-
-
-def critic_data(dtype: torch.dtype, seed: int = 1, target_value: float | None = None) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(seed)
-    obs = torch.randn(K, B, OBS, generator=generator, dtype=dtype)
-    action = torch.rand(K, B, ACT, generator=generator, dtype=dtype) * 2 - 1
-    target = torch.randn(K, B, generator=generator, dtype=dtype) * 3
-    if target_value is not None:
-        target = torch.full_like(target, target_value)
-    return obs, action, target
-
-
-def actor_data(dtype: torch.dtype, seed: int = 2) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(seed)
-    obs = torch.randn(K, B, OBS, generator=generator, dtype=dtype)
-    return obs, torch.randn(K, B, ACT, generator=generator, dtype=dtype)
 
 
 CASES: dict[str, tuple[Callable, Callable, str]] = {

@@ -1,0 +1,42 @@
+"""The tiny real agent and task-grouped data that the gradient tests share (float64 by default)."""
+
+from __future__ import annotations
+
+import torch
+
+from mtrl_famo.agents.sac import MultiTaskSAC
+
+K, B, OBS, ACT = 3, 5, 4, 2  # tasks, transitions per task, observation and action sizes
+
+
+def tiny_agent(dtype: torch.dtype = torch.float64, seed: int = 0) -> MultiTaskSAC:
+    """The real agent with tiny widths, so the checks cover the real trunk/head layout."""
+    torch.manual_seed(seed)
+    return MultiTaskSAC(
+        OBS, ACT, K, hidden_dim=8, num_layers=2, discount=0.99, init_temperature=1.0, log_std_min=-20.0, log_std_max=2.0
+    ).to(dtype)
+
+
+def critic_data(
+    dtype: torch.dtype = torch.float64, seed: int = 1, target_value: float | None = None
+) -> tuple[torch.Tensor, ...]:
+    """(obs, action, TD target), each `[K, B, ...]`."""
+    generator = torch.Generator().manual_seed(seed)
+    obs = torch.randn(K, B, OBS, generator=generator, dtype=dtype)
+    action = torch.rand(K, B, ACT, generator=generator, dtype=dtype) * 2 - 1
+    target = torch.randn(K, B, generator=generator, dtype=dtype) * 3
+    if target_value is not None:
+        target = torch.full_like(target, target_value)
+    return obs, action, target
+
+
+def actor_data(dtype: torch.dtype = torch.float64, seed: int = 2) -> tuple[torch.Tensor, ...]:
+    """(obs, standard-normal noise for the reparameterised actions), each `[K, B, ...]`."""
+    generator = torch.Generator().manual_seed(seed)
+    obs = torch.randn(K, B, OBS, generator=generator, dtype=dtype)
+    return obs, torch.randn(K, B, ACT, generator=generator, dtype=dtype)
+
+
+def loss_data(case: str) -> tuple[torch.Tensor, ...]:
+    """The data of the `case` ("critic" or "actor") loss, both drawn from seed 1."""
+    return critic_data(seed=1) if case == "critic" else actor_data(seed=1)
