@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from mtrl_famo.balancers import NAMES
 from mtrl_famo.config import ConfigError
 from mtrl_famo.train import SUBMITIT_PLUGIN, check_run_dir, cli
 
@@ -90,7 +91,7 @@ def a_file_in_the_way(monkeypatch, tmp_path) -> None:
 # tmp_path; a case that sets run_dir itself gets no run_dir from the test.
 BAD_INPUT = [
     ("env=mt11", "Unknown env 'mt11'; choose one of custom, mt1, mt10, mt50", None),
-    ("balancer=adam", "Unknown balancer 'adam'; choose one of cagrad, famo, mtsac, pcgrad", None),
+    ("balancer=adam", f"Unknown balancer 'adam'; choose one of {', '.join(NAMES)}.", None),
     ("env.tasks=[reach-v3,jump-v3]", "Unknown Metaworld task 'jump-v3'", None),
     ("steps=0", "steps=0 is invalid", None),
     ("agent.batch_size_per_task=-4", "agent.batch_size_per_task=-4 is invalid", None),
