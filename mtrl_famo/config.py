@@ -6,6 +6,7 @@ have no defaults, and `from_dict` requires every key (a missing or unknown key i
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -139,6 +140,7 @@ def from_dict(cfg: dict[str, Any]) -> TrainConfig:
             for name in ("eval", "log", "checkpoint")
         },
     }
+    check_scalar_types(sections)
     env_cfg, balancer_cfg = sections["env"], sections["balancer"]
     env = EnvSpec(
         name=str(env_cfg["name"]),
@@ -163,6 +165,35 @@ def from_dict(cfg: dict[str, Any]) -> TrainConfig:
     config = TrainConfig(env=env, agent=AgentConfig(**sections["agent"]), balancer=balancer, **plain)
     validate(config)
     return config
+
+
+# Keys whose value must be a number (int or float, not bool) or an integer / a boolean before any
+# arithmetic on them; the range checks in `validate` come after. (Integer agent keys are checked
+# there too, as positive integers, with their own sentence.)
+NUMBER_KEYS = {
+    "agent": ("lr", "discount", "tau", "init_temperature", "log_std_min", "log_std_max"),
+}
+INTEGER_KEYS = {"env": ("max_episode_steps",)}
+BOOLEAN_KEYS = {"env": ("one_hot",)}
+
+
+def check_scalar_types(sections: dict[str, dict[str, Any]]) -> None:
+    """Refuse `agent.lr=abc`, `env.max_episode_steps=abc` and the like in one sentence."""
+    for section, keys in NUMBER_KEYS.items():
+        for key in keys:
+            value = sections[section][key]
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ConfigError(f"{section}.{key}={value!r} is invalid; it must be a number.")
+    for section, keys in INTEGER_KEYS.items():
+        for key in keys:
+            value = sections[section][key]
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ConfigError(f"{section}.{key}={value!r} is invalid; it must be an integer.")
+    for section, keys in BOOLEAN_KEYS.items():
+        for key in keys:
+            value = sections[section][key]
+            if not isinstance(value, bool):
+                raise ConfigError(f"{section}.{key}={value!r} is invalid; it must be true or false.")
 
 
 def check_device(device: str) -> None:
