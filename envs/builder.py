@@ -13,6 +13,9 @@ import numpy as np
 from mtrl_famo.envs.step import VectorStep, normalise_step
 
 BENCHMARKS = ("mt10", "mt50", "mt1", "custom")
+# Every Metaworld v3 task observes 39 numbers (plus the task one-hot when one_hot) and acts in 4.
+METAWORLD_OBS_DIM = 39
+METAWORLD_ACTION_DIM = 4
 VECTOR_STRATEGIES = ("sync", "async")
 
 
@@ -48,6 +51,10 @@ class EnvSpec:
         if self.name in ("mt10", "mt50"):
             return benchmark_task_names(self.name)
         return list(self.tasks)
+
+    def dims(self) -> tuple[int, int]:
+        """(obs_dim, action_dim) of the vector env `build_env` builds from this spec, without building it."""
+        return METAWORLD_OBS_DIM + (len(self.task_names()) if self.one_hot else 0), METAWORLD_ACTION_DIM
 
     def validate(self) -> None:
         """Raise ValueError (one sentence) for anything Metaworld would reject later."""

@@ -298,7 +298,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(str(error)) from None
     check_positive_losses(balancer, built)
 
-    from mtrl_famo.build import check_memory  # late: mtrl_famo.build imports this module
+    from mtrl_famo.memory import check_memory  # late: mtrl_famo.memory imports this module
 
     check_memory(config)
 

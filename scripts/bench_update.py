@@ -24,7 +24,7 @@ import time
 import torch
 
 from mtrl_famo import balancers
-from mtrl_famo.build import build_agent, build_learner, build_replay, env_dims
+from mtrl_famo.build import build_agent, build_learner, build_replay
 from mtrl_famo.config import ConfigError, TrainConfig, compose
 from mtrl_famo.envs.builder import benchmark_task_names
 from mtrl_famo.learner import SACLearner
@@ -52,7 +52,7 @@ def bench_config(name: str, k: int, args: argparse.Namespace) -> TrainConfig:
 
 def make_learner(config: TrainConfig, device: torch.device) -> tuple[SACLearner, TaskReplay]:
     k = len(config.env.task_names())
-    obs_dim, action_dim = env_dims(config.env)
+    obs_dim, action_dim = config.env.dims()
     torch.manual_seed(config.seed)
     generator = torch.Generator(device).manual_seed(config.seed)
     agent = build_agent(config.agent, obs_dim, action_dim, k, device)

@@ -159,10 +159,3 @@ def tb_scalars(run_dir: Path, prefixes: tuple[str, ...] = ("",)) -> dict[str, li
         for tag in accumulator.Tags()["scalars"]
         if tag.startswith(prefixes)
     }
-
-
-def compose_config(*overrides: str):
-    """The validated TrainConfig the CLI would build from these overrides (for in-process runs)."""
-    from mtrl_famo.config import compose
-
-    return compose(*overrides)

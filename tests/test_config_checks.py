@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtrl_famo import build
+from mtrl_famo import memory
 from mtrl_famo.balancers import LossWeighting
 from mtrl_famo.config import BalancerConfig, ConfigError, check_positive_losses, compose
 from mtrl_famo.train import check_launcher
@@ -109,15 +109,15 @@ def test_the_positive_loss_check_is_generic() -> None:
 @pytest.mark.parametrize("env", ["env=mt10", "env=mt50"])
 @pytest.mark.parametrize("balancer", ["mtsac", "famo", "pcgrad", "cagrad"])
 def test_default_mt10_and_mt50_fit_a_24_gib_machine(env: str, balancer: str, monkeypatch) -> None:
-    monkeypatch.setattr(build, "available_memory", lambda device: 16 * GiB)  # 24 GiB, 8 in use by others
+    monkeypatch.setattr(memory, "available_memory", lambda device: 16 * GiB)  # 24 GiB, 8 in use by others
     config = compose(env, f"balancer={balancer}")
-    obs_dim, action_dim = build.env_dims(config.env)
-    need = build.estimate_memory(config.agent, config.balancer, len(config.env.task_names()), obs_dim, action_dim)
+    obs_dim, action_dim = config.env.dims()
+    need = memory.estimate_memory(config.agent, config.balancer, len(config.env.task_names()), obs_dim, action_dim)
     assert need.total < 2 * GiB
 
 
 def test_too_big_a_batch_is_refused_with_what_it_needs_and_what_is_free(monkeypatch) -> None:
-    monkeypatch.setattr(build, "available_memory", lambda device: 3 * GiB)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 3 * GiB)
     with pytest.raises(ConfigError) as error:
         compose("env=mt10", "agent.batch_size_per_task=200000")
     one_sentence(
@@ -135,28 +135,28 @@ def test_memory_on_cuda_is_the_devices_free_memory(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * GiB, 80 * GiB))
-    assert build.available_memory(torch.device("cuda")) == GiB
+    assert memory.available_memory(torch.device("cuda")) == GiB
     with pytest.raises(ConfigError) as error:
         compose("env=mt10", "device=cuda", "agent.batch_size_per_task=100000")
     one_sentence(error, "only 1.0 GiB is free on cuda")
 
 
 def test_available_cpu_memory_is_meminfo_or_a_fallback(monkeypatch, tmp_path) -> None:
-    free = build.available_memory(torch.device("cpu"))
+    free = memory.available_memory(torch.device("cpu"))
     assert free is not None and free > 0
-    original = build.Path.read_text
+    original = memory.Path.read_text
 
     def no_meminfo(self, *args, **kwargs):
         if str(self) == "/proc/meminfo":
             raise OSError("no /proc here")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(build.Path, "read_text", no_meminfo)
-    fallback = build.available_memory(torch.device("cpu"))
+    monkeypatch.setattr(memory.Path, "read_text", no_meminfo)
+    fallback = memory.available_memory(torch.device("cpu"))
     assert fallback is not None and fallback > 0
     monkeypatch.undo()
-    monkeypatch.setattr(build, "cgroup_free_bytes", lambda: 1024)  # a cgroup with 1 KiB of room left
-    assert build.available_memory(torch.device("cpu")) == 1024
+    monkeypatch.setattr(memory, "cgroup_free_bytes", lambda: 1024)  # a cgroup with 1 KiB of room left
+    assert memory.available_memory(torch.device("cpu")) == 1024
 
 
 def test_a_cgroup_limit_lowers_the_available_memory(tmp_path) -> None:
@@ -171,13 +171,13 @@ def test_a_cgroup_limit_lowers_the_available_memory(tmp_path) -> None:
     (task / "memory.max").write_text("max\n")
     proc = tmp_path / "cgroup-of-self"
     proc.write_text("4:memory:/elsewhere\n0::/slurm/job_7/step_0/task_0\n")
-    assert build.cgroup_free_bytes(proc, root) == 3 * GiB  # the job's limit, found above the task
+    assert memory.cgroup_free_bytes(proc, root) == 3 * GiB  # the job's limit, found above the task
     (task / "memory.max").write_text(f"{2 * GiB}\n")
     (task / "memory.current").write_text(f"{int(1.5 * GiB)}\n")
-    assert build.cgroup_free_bytes(proc, root) == GiB // 2  # the tightest level wins
+    assert memory.cgroup_free_bytes(proc, root) == GiB // 2  # the tightest level wins
     proc.write_text("0::/\n")
-    assert build.cgroup_free_bytes(proc, root) is None
-    assert build.cgroup_free_bytes(tmp_path / "missing", root) is None
+    assert memory.cgroup_free_bytes(proc, root) is None
+    assert memory.cgroup_free_bytes(tmp_path / "missing", root) is None
 
 
 # ---------------------------------------------------------------- Slurm launcher without the sweep extra

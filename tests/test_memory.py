@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mtrl_famo.build import build_agent, build_learner, build_replay, estimate_memory
+from mtrl_famo.build import build_agent, build_learner, build_replay
 from mtrl_famo.config import AgentConfig, BalancerConfig
+from mtrl_famo.memory import estimate_memory
 
 ACTION = 4
 
@@ -146,15 +147,12 @@ def test_replay_and_networks_are_counted_exactly() -> None:
 
 def test_env_dims_match_a_real_metaworld_env(two_task_env) -> None:
     """The estimate is made before any env is built; its observation and action sizes are Metaworld's."""
-    from mtrl_famo.build import env_dims
     from mtrl_famo.envs import EnvSpec
 
     spec = EnvSpec(
         name="custom", tasks=("reach-v3", "push-v3"), max_episode_steps=3, one_hot=True, vector_strategy="sync"
     )
-    assert env_dims(spec) == (two_task_env.obs_dim, two_task_env.action_dim) == (41, 4)
-    assert env_dims(
-        EnvSpec(
-            name="custom", tasks=("reach-v3", "push-v3"), one_hot=False, vector_strategy="sync", max_episode_steps=500
-        )
-    ) == (39, 4)
+    assert spec.dims() == (two_task_env.obs_dim, two_task_env.action_dim) == (41, 4)
+    assert EnvSpec(
+        name="custom", tasks=("reach-v3", "push-v3"), one_hot=False, vector_strategy="sync", max_episode_steps=500
+    ).dims() == (39, 4)

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from mtrl_famo import checkpoint
+from mtrl_famo.config import compose
 
-from conftest import DETERMINISTIC_TAGS, TINY_RUN, compose_config, run_cli, start_cli, tb_scalars, wait_for
+from conftest import DETERMINISTIC_TAGS, TINY_RUN, run_cli, start_cli, tb_scalars, wait_for
 
 # 40-step episodes, checkpoints at every episode end: interruptions land between checkpoints.
 RESUME_RUN = [*TINY_RUN, "steps=240", "checkpoint.every=40", "log.every=10"]
@@ -161,7 +162,7 @@ IN_PROCESS_RUN = [
 def train_in_process(run_dir: Path, *overrides: str) -> dict:
     from mtrl_famo.trainer import Trainer
 
-    return Trainer(compose_config(*IN_PROCESS_RUN, f"run_dir={run_dir}", *overrides)).train()
+    return Trainer(compose(*IN_PROCESS_RUN, f"run_dir={run_dir}", *overrides)).train()
 
 
 # FAMO's state (logits, Adam moments) goes through the same path in the CLI resume tests above.
