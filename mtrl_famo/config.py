@@ -6,8 +6,8 @@ have no defaults, and `from_dict` requires every key (a missing or unknown key i
 
 from __future__ import annotations
 
-import numbers
 import re
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,6 +17,7 @@ from mtrl_famo import balancers
 from mtrl_famo.agents.sac import LOSSES_THAT_CAN_BE_NEGATIVE
 from mtrl_famo.envs.builder import EnvSpec
 from mtrl_famo.learner import BALANCED_LOSSES
+from mtrl_famo.typecheck import describe, matches
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -167,33 +168,18 @@ def from_dict(cfg: dict[str, Any]) -> TrainConfig:
     return config
 
 
-# Keys whose value must be a number (int or float, not bool) or an integer / a boolean before any
-# arithmetic on them; the range checks in `validate` come after. (Integer agent keys are checked
-# there too, as positive integers, with their own sentence.)
-NUMBER_KEYS = {
-    "agent": ("lr", "discount", "tau", "init_temperature", "log_std_min", "log_std_max"),
-}
-INTEGER_KEYS = {"env": ("max_episode_steps",)}
-BOOLEAN_KEYS = {"env": ("one_hot",)}
-
-
 def check_scalar_types(sections: dict[str, dict[str, Any]]) -> None:
-    """Refuse `agent.lr=abc`, `env.max_episode_steps=abc` and the like in one sentence."""
-    for section, keys in NUMBER_KEYS.items():
+    """Refuse `agent.lr=abc`, `env.max_episode_steps=abc` and the like in one sentence, from the
+    dataclasses' own type hints (the range checks in `validate` come after)."""
+    for section, cls, keys in (
+        ("agent", AgentConfig, _names(AgentConfig)),
+        ("env", EnvSpec, ("one_hot", "vector_strategy", "max_episode_steps")),
+    ):
+        hints = typing.get_type_hints(cls)
         for key in keys:
             value = sections[section][key]
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ConfigError(f"{section}.{key}={value!r} is invalid; it must be a number.")
-    for section, keys in INTEGER_KEYS.items():
-        for key in keys:
-            value = sections[section][key]
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ConfigError(f"{section}.{key}={value!r} is invalid; it must be an integer.")
-    for section, keys in BOOLEAN_KEYS.items():
-        for key in keys:
-            value = sections[section][key]
-            if not isinstance(value, bool):
-                raise ConfigError(f"{section}.{key}={value!r} is invalid; it must be true or false.")
+            if not matches(value, hints[key]):
+                raise ConfigError(f"{section}.{key}={value!r} is invalid; it must be {describe(hints[key])}.")
 
 
 def check_device(device: str) -> None:

@@ -11,17 +11,15 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
-import numbers
 import pkgutil
-import types
 import typing
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from mtrl_famo.balancers.base import Balancer, GradientManipulation, GramMixing, LossWeighting
 from mtrl_famo.balancers.registry import REGISTRY, register
+from mtrl_famo.typecheck import describe, matches
 
 _INFRASTRUCTURE = {"base", "registry"}
 
@@ -78,50 +76,13 @@ def default_options(name: str) -> dict[str, Any]:
     return copy.deepcopy(_config_options(name)[0])
 
 
-def _describe(hint: Any) -> str:
-    """A type hint in words, for error messages."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arm) for arm in typing.get_args(hint))
-    if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence) and origin is not str:
-        (item,) = typing.get_args(hint)[:1] or (Any,)
-        return f"a list of {_describe(item).removeprefix('a ').removeprefix('an ')}s"
-    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(
-        hint, getattr(hint, "__name__", str(hint))
-    )
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether `value` fits the type hint (an int is fine where a float is expected; a bool is neither)."""
-    if hint is Any:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arm) for arm in typing.get_args(hint))
-    if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence) and origin is not str:
-        if not isinstance(value, (list, tuple)):
-            return False
-        (item,) = typing.get_args(hint)[:1] or (Any,)
-        return all(_matches(element, item) for element in value)
-    if hint is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if hint is float:
-        return isinstance(value, numbers.Real)
-    if hint is int:
-        return isinstance(value, numbers.Integral)
-    return isinstance(value, origin or hint)
-
-
 def check_option_types(name: str, options: dict[str, Any]) -> None:
     """Refuse an option whose value does not fit the constructor's type hint, in one sentence."""
     hints = typing.get_type_hints(REGISTRY[name].__init__)
     for option, value in options.items():
-        if option in hints and not _matches(value, hints[option]):
+        if option in hints and not matches(value, hints[option]):
             raise ValueError(
-                f"Balancer '{name}' option {option}={value!r} has the wrong type; "
-                f"it must be {_describe(hints[option])}."
+                f"Balancer '{name}' option {option}={value!r} has the wrong type; it must be {describe(hints[option])}."
             )
 
 
