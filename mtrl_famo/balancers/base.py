@@ -30,6 +30,16 @@ class Balancer(ABC):
     def update(self, losses_before: torch.Tensor, losses_after: torch.Tensor) -> None:
         """After-step hook with the losses on the same batch before and after the step."""
 
+    def refuse_non_positive(self, values: torch.Tensor, label: str, why: str, what: str = "losses") -> None:
+        """The runtime check of a `needs_positive_losses` method without a bound option: one sentence
+        naming the method, the values and the fix. It waits for the device, so call it once per update
+        (or less often) on everything that must be positive at once."""
+        if bool(values.le(0).any()):
+            raise ValueError(
+                f"{label} needs every loss above zero ({why}), got {what} {values.detach().tolist()}; "
+                f"apply {label} to the critic only (balancer.apply_to=[critic])."
+            )
+
     def accepts_negative_losses(self) -> bool:
         """Whether losses below zero are fine with the options this balancer was built with."""
         return not self.needs_positive_losses

@@ -75,11 +75,7 @@ class DynamicWeightAverage(LossWeighting):
 
     def _close_window(self) -> None:
         average = self.window_sum / self.window_count
-        if bool(average.le(0).any()):
-            raise ValueError(
-                f"DWA needs every task's average loss over a window above zero (its weights are ratios of them), "
-                f"got window averages {average.tolist()}; apply DWA to the critic only (balancer.apply_to=[critic])."
-            )
+        self.refuse_non_positive(average, "DWA", "its weights are ratios of window averages", what="window averages")
         self.averages = [*self.averages, average][-2:]
         self.window_sum = torch.zeros_like(self.window_sum)
         self.window_count = 0

@@ -39,11 +39,7 @@ class ScaleInvariantLoss(LossWeighting):
         return self.last_weights
 
     def weighted_loss(self, losses: torch.Tensor) -> torch.Tensor:
-        if bool(losses.le(0).any()):
-            raise ValueError(
-                f"scaleinvls needs every loss above zero (it minimises the sum of their logs), got losses "
-                f"{losses.detach().tolist()}; apply scaleinvls to the critic only (balancer.apply_to=[critic])."
-            )
+        self.refuse_non_positive(losses, "scaleinvls", "it minimises the sum of their logs")
         inverse = 1.0 / losses.detach()
         self.last_weights = inverse / inverse.sum()
         return losses.log().sum()

@@ -63,11 +63,7 @@ class UncertaintyWeighting(LossWeighting):
         return torch.exp(-self.log_vars.detach())
 
     def weighted_loss(self, losses: torch.Tensor) -> torch.Tensor:
-        if bool(losses.le(0).any()):
-            raise ValueError(
-                f"UW needs every loss above zero (its log-variances go to log l_i), got losses "
-                f"{losses.detach().tolist()}; apply UW to the critic only (balancer.apply_to=[critic])."
-            )
+        self.refuse_non_positive(losses, "UW", "its log-variances go to log l_i")
         log_vars = self.log_vars.detach().clone()  # the point both steps start from
         precision = torch.exp(-log_vars)
         objective = (precision.to(losses) * losses).sum() + log_vars.sum().to(losses)
