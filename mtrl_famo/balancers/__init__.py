@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mtrl_famo.balancers.base import Balancer, GradientManipulation, GramMixing, LossWeighting
+from mtrl_famo.balancers.base import Balancer, GradientManipulation, GramMixing, HostGramMixing, LossWeighting
 from mtrl_famo.balancers.registry import REGISTRY, register
 from mtrl_famo.typecheck import describe, matches
 
@@ -120,6 +120,7 @@ __all__ = [
     "Balancer",
     "GradientManipulation",
     "GramMixing",
+    "HostGramMixing",
     "LossWeighting",
     "check_option_types",
     "config_option_names",

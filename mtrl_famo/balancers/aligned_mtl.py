@@ -28,9 +28,8 @@ with respect to the shared representation) is out of scope.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from mtrl_famo.balancers.base import GramMixing
+from mtrl_famo.balancers.base import HostGramMixing
 from mtrl_famo.balancers.registry import register
 
 SCALE_MODES = ("min", "median", "rmse")
@@ -55,7 +54,7 @@ def alignment_matrix(gram: np.ndarray, *, scale_mode: str, eig_rtol: float) -> n
 
 
 @register("aligned_mtl")
-class AlignedMTL(GramMixing):
+class AlignedMTL(HostGramMixing):
     """Sum of the task gradients after aligning them to an orthogonal, equal-norm system."""
 
     def __init__(self, num_tasks: int, *, scale_mode: str, eig_rtol: float):
@@ -66,9 +65,6 @@ class AlignedMTL(GramMixing):
             raise ValueError(f"Aligned-MTL eig_rtol must be in [0, 1), got {eig_rtol}.")
         self.scale_mode = scale_mode
         self.eig_rtol = float(eig_rtol)
-
-    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.mixing_weights_numpy(gram.cpu().numpy()), device=gram.device)
 
     def mixing_weights_numpy(self, gram: np.ndarray) -> np.ndarray:
         """`mixing_weights` on a float64 numpy Gram matrix: m = B 1 (the eigenproblem is solved on the host)."""

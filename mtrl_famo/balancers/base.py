@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 
@@ -104,3 +105,16 @@ class GramMixing(GradientManipulation):
         mix = self.mixing_weights(gram).to(device=grads.device, dtype=grads.dtype)
         self.last_mix = mix
         return mix @ grads
+
+
+class HostGramMixing(GramMixing):
+    """A Gram-space method whose K x K problem is solved in float64 numpy on the host (CAGrad's dual,
+    Nash-MTL's and FairGrad's Newton solves, MGDA, IMTL-G, Aligned-MTL). The one place where the
+    Gram matrix leaves the device and the weights come back: one small copy each way per update."""
+
+    @abstractmethod
+    def mixing_weights_numpy(self, gram: np.ndarray) -> np.ndarray:
+        """`[K, K]` float64 numpy Gram matrix in, `[K]` mixing weights m out."""
+
+    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.mixing_weights_numpy(gram.cpu().numpy()), device=gram.device)

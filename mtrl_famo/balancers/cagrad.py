@@ -16,9 +16,8 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
-from mtrl_famo.balancers.base import GramMixing
+from mtrl_famo.balancers.base import HostGramMixing
 from mtrl_famo.balancers.registry import register
 
 RESCALES = (0, 1, 2)
@@ -86,7 +85,7 @@ def solve_cagrad_dual(gram: np.ndarray, c: float, start: np.ndarray | None, *, m
 
 
 @register("cagrad")
-class CAGrad(GramMixing):
+class CAGrad(HostGramMixing):
     """Conflict-averse update direction; c=0 gives the mean gradient (MT-SAC)."""
 
     def __init__(self, num_tasks: int, *, c: float, rescale: int, max_iter: int, tol: float):
@@ -103,12 +102,8 @@ class CAGrad(GramMixing):
         self.tol = tol
         self.last_weights = np.full(num_tasks, 1.0 / num_tasks)
 
-    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
-        """m with d = m @ G: 1/K + (c |g0| / |g_w|) w, then the rescale."""
-        return torch.as_tensor(self.mixing_weights_numpy(gram.cpu().numpy()), device=gram.device)
-
     def mixing_weights_numpy(self, gram: np.ndarray) -> np.ndarray:
-        """`mixing_weights` on a float64 numpy Gram matrix (the dual is solved on the host)."""
+        """m with d = m @ G: 1/K + (c |g0| / |g_w|) w, then the rescale (the dual is solved on the host)."""
         k = gram.shape[0]
         mixing = np.full(k, 1.0 / k)
         if self.c > 0:

@@ -42,9 +42,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
-from mtrl_famo.balancers.base import GramMixing
+from mtrl_famo.balancers.base import HostGramMixing
 from mtrl_famo.balancers.registry import register
 
 ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
@@ -158,7 +157,7 @@ def solve_alpha_fair(
 
 
 @register("fairgrad")
-class FairGrad(GramMixing):
+class FairGrad(HostGramMixing):
     """d = w^T G with (G G^T w)_i = w_i^(-1/α): α-fair shares of the update (α = 1: Nash-MTL)."""
 
     def __init__(self, num_tasks: int, *, alpha: float, ridge: float, tol: float, max_iter: int):
@@ -176,9 +175,6 @@ class FairGrad(GramMixing):
         self.tol = float(tol)
         self.max_iter = int(max_iter)
         self.start: np.ndarray | None = None  # scaled solution of the last solve: the next warm start
-
-    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.mixing_weights_numpy(gram.cpu().numpy()), device=gram.device)
 
     def mixing_weights_numpy(self, gram: np.ndarray) -> np.ndarray:
         """`mixing_weights` on a float64 numpy Gram matrix (the K x K problem is solved on the host)."""

@@ -32,9 +32,8 @@ Only IMTL-G is implemented; IMTL-L (learned loss scales, which LibMTL's IMTL add
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from mtrl_famo.balancers.base import GramMixing
+from mtrl_famo.balancers.base import HostGramMixing
 from mtrl_famo.balancers.registry import register
 
 
@@ -60,7 +59,7 @@ def imtl_weights(gram: np.ndarray, *, rcond: float) -> np.ndarray:
 
 
 @register("imtl")
-class IMTLG(GramMixing):
+class IMTLG(HostGramMixing):
     """Impartial update: equal projection of d on every unit task gradient, weights summing to 1."""
 
     def __init__(self, num_tasks: int, *, rcond: float):
@@ -68,9 +67,6 @@ class IMTLG(GramMixing):
         if not 0 <= rcond < 1:
             raise ValueError(f"IMTL rcond must be in [0, 1), got {rcond}.")
         self.rcond = float(rcond)
-
-    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.mixing_weights_numpy(gram.cpu().numpy()), device=gram.device)
 
     def mixing_weights_numpy(self, gram: np.ndarray) -> np.ndarray:
         """`mixing_weights` on a float64 numpy Gram matrix (the system is solved on the host)."""

@@ -38,9 +38,8 @@ given, so they are not offered.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from mtrl_famo.balancers.base import GramMixing
+from mtrl_famo.balancers.base import HostGramMixing
 from mtrl_famo.balancers.registry import register
 
 NORMALIZATIONS = ("none", "l2")
@@ -156,7 +155,7 @@ def min_norm_weights(gram: np.ndarray, *, tol: float, max_iter: int) -> np.ndarr
 
 
 @register("mgda")
-class MGDA(GramMixing):
+class MGDA(HostGramMixing):
     """Multiple-gradient descent: d is the minimum-norm point of the convex hull of the task gradients."""
 
     def __init__(self, num_tasks: int, *, normalization: str, tol: float, max_iter: int):
@@ -172,9 +171,6 @@ class MGDA(GramMixing):
         self.normalization = normalization
         self.tol = float(tol)
         self.max_iter = int(max_iter)
-
-    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.mixing_weights_numpy(gram.cpu().numpy()), device=gram.device)
 
     def mixing_weights_numpy(self, gram: np.ndarray) -> np.ndarray:
         """`mixing_weights` on a float64 numpy Gram matrix (the problem is solved on the host)."""

@@ -31,15 +31,14 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
-from mtrl_famo.balancers.base import GramMixing
+from mtrl_famo.balancers.base import HostGramMixing
 from mtrl_famo.balancers.fairgrad import solve_alpha_fair
 from mtrl_famo.balancers.registry import register
 
 
 @register("nashmtl")
-class NashMTL(GramMixing):
+class NashMTL(HostGramMixing):
     """d = alpha^T G with alpha_i (G G^T alpha)_i = 1: the Nash bargaining update."""
 
     def __init__(
@@ -73,9 +72,6 @@ class NashMTL(GramMixing):
         self.step = 0  # updates so far; alpha is recomputed when step % update_weights_every == 0
         self.alpha: np.ndarray | None = None  # the current (unclipped) weights, reused between solves
         self.start: np.ndarray | None = None  # scaled solution of the last solve: the next warm start
-
-    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.mixing_weights_numpy(gram.cpu().numpy()), device=gram.device)
 
     def mixing_weights_numpy(self, gram: np.ndarray) -> np.ndarray:
         """`mixing_weights` on a float64 numpy Gram matrix (the K x K problem is solved on the host)."""
