@@ -14,8 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 # Parameters whose leading axis is the task axis: each task owns one slice and only its own
-# loss reaches it. Everything else is shared by all tasks.
+# loss reaches it. Everything else is shared by all tasks (a shared head is an ordinary
+# `head.weight`/`head.bias`, a shared temperature `shared_log_alpha`).
 TASK_AXIS_PARAMETERS = frozenset({"head_weight", "head_bias", "log_alpha"})
+
+# pytorch: nn.Linear's default (uniform in +-1/sqrt(fan_in), weights and biases).
+# xavier: Xavier-uniform weights and zero biases (the published mtrl code's initialisation).
+INITS = ("pytorch", "xavier")
 
 
 def is_task_specific(parameter_name: str) -> bool:
@@ -23,22 +28,62 @@ def is_task_specific(parameter_name: str) -> bool:
     return parameter_name.rsplit(".", 1)[-1] in TASK_AXIS_PARAMETERS
 
 
-class MultiHeadMLP(nn.Module):
-    """MLP trunk of `num_layers` ReLU layers shared by all tasks, then one linear head per task."""
+def _init_linear(weight: torch.Tensor, bias: torch.Tensor, fan_in: int, fan_out: int, init: str) -> None:
+    """Initialise one linear map (or K of them stacked on a leading task axis) in place."""
+    with torch.no_grad():
+        if init == "xavier":
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            weight.uniform_(-bound, bound)
+            bias.zero_()
+        elif init == "pytorch":
+            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default law for weights and biases alike
+            weight.uniform_(-bound, bound)
+            bias.uniform_(-bound, bound)
+        else:
+            raise ValueError(f"Unknown init '{init}'; choose one of {', '.join(INITS)}.")
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, num_layers: int, num_tasks: int):
+
+class MultiHeadMLP(nn.Module):
+    """MLP trunk of `num_layers` ReLU layers shared by all tasks, then a linear head.
+
+    The head is one per task (`head_weight` [K, h, out], `head_bias` [K, 1, out]) or, with
+    `shared_head`, one for all tasks (`head`, an nn.Linear): then every parameter is shared.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        num_tasks: int,
+        *,
+        shared_head: bool,
+        init: str,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(num_layers):
-            layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
+            linear = nn.Linear(width, hidden_dim)  # drawn with the pytorch law already
+            if init != "pytorch":
+                _init_linear(linear.weight, linear.bias, width, hidden_dim, init)
+            layers += [linear, nn.ReLU()]
             width = hidden_dim
         self.trunk = nn.Sequential(*layers)
-        bound = 1.0 / math.sqrt(width)  # same law as nn.Linear's default initialisation
-        self.head_weight = nn.Parameter(torch.empty(num_tasks, width, out_dim).uniform_(-bound, bound))
-        self.head_bias = nn.Parameter(torch.empty(num_tasks, 1, out_dim).uniform_(-bound, bound))
+        self.head: nn.Linear | None = None
+        if shared_head:
+            self.head = nn.Linear(width, out_dim)
+            if init != "pytorch":
+                _init_linear(self.head.weight, self.head.bias, width, out_dim, init)
+        else:
+            self.head_weight = nn.Parameter(torch.empty(num_tasks, width, out_dim))
+            self.head_bias = nn.Parameter(torch.empty(num_tasks, 1, out_dim))
+            _init_linear(self.head_weight, self.head_bias, width, out_dim, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is not None:
+            return self.head(self.trunk(x))
         # [K,B,h] @ [K,h,out] is one batched matmul over tasks; [B,h] @ [h,out] under vmap.
         return torch.matmul(self.trunk(x), self.head_weight) + self.head_bias
 
@@ -54,11 +99,15 @@ class Actor(nn.Module):
         num_layers: int,
         num_tasks: int,
         *,
+        shared_head: bool,
+        init: str,
         log_std_min: float,
         log_std_max: float,
     ):
         super().__init__()
-        self.net = MultiHeadMLP(obs_dim, 2 * action_dim, hidden_dim, num_layers, num_tasks)
+        self.net = MultiHeadMLP(
+            obs_dim, 2 * action_dim, hidden_dim, num_layers, num_tasks, shared_head=shared_head, init=init
+        )
         self.action_dim = action_dim
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max
@@ -90,10 +139,21 @@ class Actor(nn.Module):
 class TwinCritic(nn.Module):
     """Two independent multi-head Q networks (clipped double-Q)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int, num_layers: int, num_tasks: int):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        num_tasks: int,
+        *,
+        shared_head: bool,
+        init: str,
+    ):
         super().__init__()
-        self.q1 = MultiHeadMLP(obs_dim + action_dim, 1, hidden_dim, num_layers, num_tasks)
-        self.q2 = MultiHeadMLP(obs_dim + action_dim, 1, hidden_dim, num_layers, num_tasks)
+        shape = (obs_dim + action_dim, 1, hidden_dim, num_layers, num_tasks)
+        self.q1 = MultiHeadMLP(*shape, shared_head=shared_head, init=init)
+        self.q2 = MultiHeadMLP(*shape, shared_head=shared_head, init=init)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([obs, action], dim=-1)

@@ -21,9 +21,15 @@ from mtrl_famo.agents.networks import Actor, TwinCritic
 # squared error, never negative.) Balancers that need positive losses are refused for these.
 LOSSES_THAT_CAN_BE_NEGATIVE = frozenset({"actor"})
 
+# per_task: one output head per task (multi-head SAC). shared: one head for all tasks (the published
+# mtrl runs: with no task id in the observation, the networks then cannot tell tasks apart).
+HEADS = ("per_task", "shared")
+# per_task: one learned temperature per task. shared: one temperature for all tasks.
+ALPHAS = ("per_task", "shared")
+
 
 class MultiTaskSAC(nn.Module):
-    """Actor, twin critics, target critics and one learned temperature per task.
+    """Actor, twin critics, target critics and the learned temperature(s).
 
     Every hyperparameter is a required keyword: their defaults live in configs/agent/sac.yaml
     (build with `mtrl_famo.build.build_agent` to get them).
@@ -35,6 +41,9 @@ class MultiTaskSAC(nn.Module):
         action_dim: int,
         num_tasks: int,
         *,
+        heads: str,
+        alpha: str,
+        init: str,
         hidden_dim: int,
         num_layers: int,
         discount: float,
@@ -43,20 +52,49 @@ class MultiTaskSAC(nn.Module):
         log_std_max: float,
     ):
         super().__init__()
+        if heads not in HEADS:
+            raise ValueError(f"Unknown heads '{heads}'; choose one of {', '.join(HEADS)}.")
+        if alpha not in ALPHAS:
+            raise ValueError(f"Unknown alpha '{alpha}'; choose one of {', '.join(ALPHAS)}.")
         self.num_tasks = num_tasks
         self.action_dim = action_dim
         self.discount = discount
         self.target_entropy = -float(action_dim)
-        self.actor = Actor(
-            obs_dim, action_dim, hidden_dim, num_layers, num_tasks, log_std_min=log_std_min, log_std_max=log_std_max
-        )
-        self.critic = TwinCritic(obs_dim, action_dim, hidden_dim, num_layers, num_tasks)
+        shape = (obs_dim, action_dim, hidden_dim, num_layers, num_tasks)
+        shared_head = heads == "shared"
+        self.actor = Actor(*shape, shared_head=shared_head, init=init, log_std_min=log_std_min, log_std_max=log_std_max)
+        self.critic = TwinCritic(*shape, shared_head=shared_head, init=init)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        # Shape [K, 1] so that it broadcasts against [K, B] (and [1] against [B] per task).
-        self.log_alpha = nn.Parameter(torch.full((num_tasks, 1), math.log(init_temperature)))
+        self.shared_alpha = alpha == "shared"
+        start = math.log(init_temperature)
+        if self.shared_alpha:
+            # Shape [1]: broadcasts against [K, B] and, per task under vmap, against [B].
+            self.shared_log_alpha = nn.Parameter(torch.full((1,), start))
+        else:
+            # Shape [K, 1] so that it broadcasts against [K, B] (and [1] against [B] per task).
+            self.log_alpha = nn.Parameter(torch.full((num_tasks, 1), start))
+
+    @property
+    def temperature(self) -> nn.Parameter:
+        """The log-temperature parameter: `[K, 1]` per task, or `[1]` shared."""
+        return self.shared_log_alpha if self.shared_alpha else self.log_alpha
 
     def alpha(self) -> torch.Tensor:
-        return self.log_alpha.exp()
+        return self.temperature.exp()
+
+    def task_alphas(self) -> torch.Tensor:
+        """Each task's temperature, `[K]` (the shared one repeated), for logging."""
+        return self.alpha().reshape(-1).expand(self.num_tasks)
+
+    def temperature_objective(self, alpha_losses: torch.Tensor) -> torch.Tensor:
+        """The scalar the temperature optimiser minimises, from the per-task losses `[K]`.
+
+        Per-task temperatures: the sum (each temperature gets exactly its own task's gradient).
+        Shared: the mean over tasks, i.e. the usual SAC temperature loss over the whole batch. It
+        is not passed through the gradient balancer: one scalar parameter has no conflict to
+        resolve that a mean would not (README "Protocols").
+        """
+        return alpha_losses.mean() if self.shared_alpha else alpha_losses.sum()
 
     @torch.no_grad()
     def td_target(

@@ -17,6 +17,12 @@ BENCHMARKS = ("mt10", "mt50", "mt1", "custom")
 METAWORLD_OBS_DIM = 39
 METAWORLD_ACTION_DIM = 4
 VECTOR_STRATEGIES = ("sync", "async")
+# random: each reset draws one of the task's 50 goals (Metaworld's default).
+# fixed: one goal per task, drawn once from the seed and kept (the published mtrl runs).
+GOALS = ("random", "fixed")
+REWARD_VERSIONS = ("v2", "v1")  # Metaworld 3 ships both reward functions
+# none: raw rewards. running_std: per task, reward / sqrt(running variance) (see envs/reward_scale.py).
+REWARD_NORMALIZATIONS = ("none", "running_std")
 
 
 def known_task_names() -> list[str]:
@@ -45,6 +51,9 @@ class EnvSpec:
     one_hot: bool
     vector_strategy: str
     max_episode_steps: int
+    goals: str
+    reward_version: str
+    reward_normalization: str
     tasks: tuple[str, ...] = ()  # no default of a run: configs/env/*.yaml set it; mt10/mt50 ignore it
 
     def task_names(self) -> list[str]:
@@ -64,6 +73,13 @@ class EnvSpec:
             raise ValueError(
                 f"Unknown env.vector_strategy '{self.vector_strategy}'; choose one of {', '.join(VECTOR_STRATEGIES)}."
             )
+        for key, value, choices in (
+            ("goals", self.goals, GOALS),
+            ("reward_version", self.reward_version, REWARD_VERSIONS),
+            ("reward_normalization", self.reward_normalization, REWARD_NORMALIZATIONS),
+        ):
+            if value not in choices:
+                raise ValueError(f"Unknown env.{key} '{value}'; choose one of {', '.join(choices)}.")
         if not 1 <= self.max_episode_steps <= 500:
             raise ValueError(
                 f"env.max_episode_steps={self.max_episode_steps} is out of range; Metaworld "
@@ -123,8 +139,13 @@ class MultiTaskEnv:
         self.vector.close()
 
 
-def build_env(spec: EnvSpec, seed: int) -> MultiTaskEnv:
-    """Build the vector env. Goals (50 per task) are fixed by `seed`.
+def build_env(spec: EnvSpec, seed: int, *, every_goal_in_turn: bool = False) -> MultiTaskEnv:
+    """Build the vector env. The 50 goals of each task are fixed by `seed`.
+
+    `spec.goals`: `random` draws one of them at every reset; `fixed` draws one per task at the
+    first (seeded) reset and keeps it, so a training and an evaluation env built with the same
+    seed share each task's goal. `every_goal_in_turn` (evaluation under Metaworld's protocol,
+    random goals only) visits the 50 goals in a seeded shuffled order, one per episode.
 
     MT10/MT50 use Metaworld's registered `Meta-World/MT10|MT50` vector envs. Single tasks and
     custom lists use the same per-task factory (`metaworld.make_mt_envs`) that the registered
@@ -135,7 +156,12 @@ def build_env(spec: EnvSpec, seed: int) -> MultiTaskEnv:
 
     spec.validate()
     names = spec.task_names()
-    common = dict(use_one_hot=spec.one_hot, max_episode_steps=spec.max_episode_steps)
+    common = dict(
+        use_one_hot=spec.one_hot,
+        max_episode_steps=spec.max_episode_steps,
+        reward_function_version=spec.reward_version,
+        task_select="pseudorandom" if every_goal_in_turn and spec.goals == "random" else "random",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if spec.name in ("mt10", "mt50"):
@@ -159,5 +185,9 @@ def build_env(spec: EnvSpec, seed: int) -> MultiTaskEnv:
             ]
             vector_cls = gym.vector.SyncVectorEnv if spec.vector_strategy == "sync" else gym.vector.AsyncVectorEnv
             vector = vector_cls(factories, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    if common["task_select"] == "pseudorandom":  # Metaworld's pseudorandom wrapper only cycles when asked to
+        vector.call("toggle_sample_tasks_on_reset", True)
     vector.reset(seed=seed)
+    if spec.goals == "fixed":  # keep the goal the seeded reset just drew, in every later reset
+        vector.call("toggle_sample_tasks_on_reset", False)
     return MultiTaskEnv(vector=vector, task_names=names, max_episode_steps=spec.max_episode_steps)

@@ -12,6 +12,10 @@ from mtrl_famo.envs.episodes import EpisodeTracker
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
+# any_success: N full-length episodes per task, success = success at any step (mtrl's rule).
+# metaworld: Metaworld 3's own `metaworld.evaluation.evaluation()` (Meta-World+).
+EVAL_PROTOCOLS = ("any_success", "metaworld")
+
 
 @dataclass
 class EvalResult:

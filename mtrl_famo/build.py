@@ -25,6 +25,9 @@ def build_agent(
         obs_dim,
         action_dim,
         num_tasks,
+        heads=agent.heads,
+        alpha=agent.alpha,
+        init=agent.init,
         hidden_dim=agent.hidden_dim,
         num_layers=agent.num_layers,
         discount=agent.discount,
@@ -61,7 +64,7 @@ def build_learner(
     agent: MultiTaskSAC,
     generator: torch.Generator,
 ) -> SACLearner:
-    device = agent.log_alpha.device
+    device = agent.temperature.device
     return SACLearner(
         agent,
         build_balancers(balancer, agent.num_tasks, device),

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from mtrl_famo import balancers
-from mtrl_famo.agents.sac import LOSSES_THAT_CAN_BE_NEGATIVE
+from mtrl_famo.agents.networks import INITS
+from mtrl_famo.agents.sac import ALPHAS, HEADS, LOSSES_THAT_CAN_BE_NEGATIVE
 from mtrl_famo.envs.builder import EnvSpec
+from mtrl_famo.envs.evaluation import EVAL_PROTOCOLS
 from mtrl_famo.learner import BALANCED_LOSSES
 from mtrl_famo.typecheck import describe, matches
 
@@ -30,6 +32,9 @@ class ConfigError(ValueError):
 class AgentConfig:
     """configs/agent/sac.yaml, key for key (documented and defaulted there)."""
 
+    heads: str
+    alpha: str
+    init: str
     hidden_dim: int
     num_layers: int
     batch_size_per_task: int
@@ -62,6 +67,7 @@ class TrainConfig:
     env: EnvSpec
     agent: AgentConfig
     balancer: BalancerConfig
+    experiment: str
     seed: int
     device: str
     steps: int
@@ -69,6 +75,7 @@ class TrainConfig:
     progress: bool
     eval_every: int
     eval_episodes: int
+    eval_protocol: str
     log_every: int
     conflicts_every: int
     checkpoint_every: int
@@ -76,6 +83,7 @@ class TrainConfig:
 
 # Where each plain TrainConfig field sits in the config tree.
 FIELD_KEYS: dict[str, tuple[str, ...]] = {
+    "experiment": ("experiment",),
     "seed": ("seed",),
     "device": ("device",),
     "steps": ("steps",),
@@ -83,6 +91,7 @@ FIELD_KEYS: dict[str, tuple[str, ...]] = {
     "progress": ("progress",),
     "eval_every": ("eval", "every"),
     "eval_episodes": ("eval", "episodes"),
+    "eval_protocol": ("eval", "protocol"),
     "log_every": ("log", "every"),
     "conflicts_every": ("log", "conflicts_every"),
     "checkpoint_every": ("checkpoint", "every"),
@@ -149,6 +158,9 @@ def from_dict(cfg: dict[str, Any]) -> TrainConfig:
         one_hot=bool(env_cfg["one_hot"]),
         vector_strategy=str(env_cfg["vector_strategy"]),
         max_episode_steps=int(env_cfg["max_episode_steps"]),
+        goals=str(env_cfg["goals"]),
+        reward_version=str(env_cfg["reward_version"]),
+        reward_normalization=str(env_cfg["reward_normalization"]),
     )
     balancer = BalancerConfig(
         name=str(balancer_cfg["name"]),
@@ -163,6 +175,7 @@ def from_dict(cfg: dict[str, Any]) -> TrainConfig:
         str(plain["run_dir"]),
         bool(plain["progress"]),
     )
+    plain["experiment"], plain["eval_protocol"] = str(plain["experiment"]), str(plain["eval_protocol"])
     config = TrainConfig(env=env, agent=AgentConfig(**sections["agent"]), balancer=balancer, **plain)
     validate(config)
     return config
@@ -173,7 +186,11 @@ def check_scalar_types(sections: dict[str, dict[str, Any]]) -> None:
     dataclasses' own type hints (the range checks in `validate` come after)."""
     for section, cls, keys in (
         ("agent", AgentConfig, _names(AgentConfig)),
-        ("env", EnvSpec, ("one_hot", "vector_strategy", "max_episode_steps")),
+        (
+            "env",
+            EnvSpec,
+            ("one_hot", "vector_strategy", "max_episode_steps", "goals", "reward_version", "reward_normalization"),
+        ),
     ):
         hints = typing.get_type_hints(cls)
         for key in keys:
@@ -242,7 +259,12 @@ def validate(config: TrainConfig) -> None:
             f"eval.every={config.eval_every} is larger than steps={config.steps}; no evaluation would run, "
             "choose eval.every <= steps."
         )
+    if config.eval_protocol not in EVAL_PROTOCOLS:
+        raise ConfigError(f"Unknown eval.protocol '{config.eval_protocol}'; choose one of {', '.join(EVAL_PROTOCOLS)}.")
     agent = config.agent
+    for key, choices in (("heads", HEADS), ("alpha", ALPHAS), ("init", INITS)):
+        if getattr(agent, key) not in choices:
+            raise ConfigError(f"Unknown agent.{key} '{getattr(agent, key)}'; choose one of {', '.join(choices)}.")
     for name in (
         "hidden_dim",
         "num_layers",

@@ -38,8 +38,8 @@ class UpdateResult:
 class SACLearner:
     """Owns the optimisers and runs the update order of mtrl's SAC.
 
-    `balancers` maps "critic"/"actor" to the balancer applied to that loss; the
-    temperatures are per task and independent, so their losses are simply summed.
+    `balancers` maps "critic"/"actor" to the balancer applied to that loss; the temperature
+    loss goes to its own optimiser (`MultiTaskSAC.temperature_objective` says how).
     """
 
     def __init__(
@@ -70,7 +70,7 @@ class SACLearner:
         self.optimizers = {
             "critic": torch.optim.Adam(self.params["critic"].values(), lr=lr),
             "actor": torch.optim.Adam(self.params["actor"].values(), lr=lr),
-            "alpha": torch.optim.Adam([agent.log_alpha], lr=lr),
+            "alpha": torch.optim.Adam([agent.temperature], lr=lr),
         }
         self.num_updates = 0
 
@@ -104,7 +104,7 @@ class SACLearner:
                 conflicts["actor"] = conflict_stats(actor.shared_grads)
             alpha_losses = alpha_loss(agent, actor.aux)
             self.optimizers["alpha"].zero_grad(set_to_none=True)
-            alpha_losses.sum().backward()
+            agent.temperature_objective(alpha_losses).backward()
             self.optimizers["alpha"].step()
             alpha_losses = alpha_losses.detach()
 

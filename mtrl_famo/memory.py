@@ -32,13 +32,16 @@ class MemoryEstimate:
         return self.replay + self.networks + self.update
 
 
-def _mlp_parameters(in_dim: int, out_dim: int, hidden_dim: int, num_layers: int, num_tasks: int) -> tuple[int, int]:
-    """(shared trunk, all heads) parameter counts of one MultiHeadMLP."""
+def _mlp_parameters(
+    in_dim: int, out_dim: int, hidden_dim: int, num_layers: int, num_tasks: int, shared_head: bool
+) -> tuple[int, int]:
+    """(shared, per-task) parameter counts of one MultiHeadMLP: a shared head counts as shared."""
     trunk, width = 0, in_dim
     for _ in range(num_layers):
         trunk += width * hidden_dim + hidden_dim
         width = hidden_dim
-    return trunk, num_tasks * (width * out_dim + out_dim)
+    head = width * out_dim + out_dim
+    return (trunk + head, 0) if shared_head else (trunk, num_tasks * head)
 
 
 def estimate_memory(
@@ -49,7 +52,7 @@ def estimate_memory(
 
     - replay: exactly what `TaskReplay` allocates, `agent.replay_size` transitions in all of
       obs, next_obs, action, reward and terminated.
-    - networks: exactly the actor, twin critics and log-alphas with their gradients and two Adam
+    - networks: exactly the actor, twin critics and log-alpha(s) with their gradients and two Adam
       moments each, plus the target critics.
     - update: the sampled batch `[K, B, ...]` (and its int64 index), plus the larger of the critic
       step and the actor step. A step keeps for backward one `[K*B, hidden]` activation per layer
@@ -59,7 +62,7 @@ def estimate_memory(
       gradients next to the old ones and Adam's temporaries take about twice the step's
       parameters. The target critics and FAMO's after-step recomputation run without grad: their
       activations are freed layer by layer and stay below the step's own. A gradient balancer on
-      a loss adds its `[K, D]` per-task gradients of the shared trunk twice (per parameter, then
+      a loss adds its `[K, D]` per-task gradients of the shared parameters twice (per parameter, then
       concatenated for `combine`).
 
     Against torch's own allocation records of one CPU update (tests/test_memory.py) the update
@@ -76,9 +79,11 @@ def estimate_memory(
     per_task = agent.replay_size // k
     replay = k * per_task * (2 * obs_dim + action_dim + 2) * FLOAT_BYTES
 
-    actor_trunk, actor_heads = _mlp_parameters(obs_dim, 2 * action_dim, hidden, layers, k)
-    critic_trunk, critic_heads = (2 * n for n in _mlp_parameters(critic_in, 1, hidden, layers, k))
-    trained = actor_trunk + actor_heads + critic_trunk + critic_heads + k  # + log-alpha
+    shared_head = agent.heads == "shared"
+    actor_trunk, actor_heads = _mlp_parameters(obs_dim, 2 * action_dim, hidden, layers, k, shared_head)
+    critic_trunk, critic_heads = (2 * n for n in _mlp_parameters(critic_in, 1, hidden, layers, k, shared_head))
+    temperatures = 1 if agent.alpha == "shared" else k
+    trained = actor_trunk + actor_heads + critic_trunk + critic_heads + temperatures
     networks = (4 * trained + critic_trunk + critic_heads) * FLOAT_BYTES  # value, grad, 2 Adam moments; targets
 
     sampled = rows * (2 * obs_dim + action_dim + 2) * FLOAT_BYTES + rows * 8

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtrl_famo.config import CONFIG_DIR, ConfigError, TrainConfig, compose, from_dict
 
-GROUPS = ("env", "balancer", "agent")
+GROUPS = ("env", "balancer", "agent", "experiment")
 # hydra/launcher choices that need the submitit plugin of the `sweep` extra.
 SUBMITIT_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
 SUBMITIT_PLUGIN = "hydra_plugins.hydra_submitit_launcher"

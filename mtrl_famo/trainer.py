@@ -76,7 +76,7 @@ class Trainer:
             writer,
             self.env_step,
             self.collector.episodes.drain(),
-            self.agent.alpha(),
+            self.agent.task_alphas(),
             self.learner.balancers,
             self.config.balancer.apply_to,
         )

@@ -83,7 +83,14 @@ def tiny_balancer_runs(tiny_cli_run, tmp_path_factory: pytest.TempPathFactory):
 def two_task_env():
     env = build_env(
         EnvSpec(
-            name="custom", tasks=("reach-v3", "push-v3"), max_episode_steps=3, one_hot=True, vector_strategy="sync"
+            goals="random",
+            reward_version="v2",
+            reward_normalization="none",
+            name="custom",
+            tasks=("reach-v3", "push-v3"),
+            max_episode_steps=3,
+            one_hot=True,
+            vector_strategy="sync",
         ),
         seed=0,
     )

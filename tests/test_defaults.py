@@ -119,18 +119,49 @@ def comparable(value):
 @pytest.mark.parametrize("name", balancers.NAMES)
 def test_cli_config_and_code_callers_get_the_same_yaml_values(name: str) -> None:
     seed = 3
-    config = compose(f"balancer={name}", f"seed={seed}")
+    # env=custom: no configs/per_benchmark/balancer/<env>_<balancer>.yaml applies (see the next tests).
+    config = compose("env=custom", f"balancer={name}", f"seed={seed}")
     written = yaml(BALANCER_DIR / f"{name}.yaml")
     resolved = {key: seed if value == "${seed}" else value for key, value in (written["options"] or {}).items()}
     assert config.balancer.options == resolved
     assert config.balancer.apply_to == tuple(written["apply_to"])
     assert config.balancer.apply_to[0] == "critic"  # the critic's balancer gets the options as written
-    through_cli = build_balancers(config.balancer, 10, torch.device("cpu"))["critic"]
-    through_code = balancers.make(name, 10, **({"seed": seed} if "seed" in balancers.options_of(name) else {}))
+    through_cli = build_balancers(config.balancer, 2, torch.device("cpu"))["critic"]
+    through_code = balancers.make(name, 2, **({"seed": seed} if "seed" in balancers.options_of(name) else {}))
     assert type(through_cli) is type(through_code) is balancers.REGISTRY[name]
     assert balancer_settings(through_cli) == balancer_settings(through_code)
     if name == "famo":
-        assert balancer_settings(through_cli)["min_losses"] == [resolved["min_losses"]] * 10
+        assert balancer_settings(through_cli)["min_losses"] == [resolved["min_losses"]] * 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected_c"),
+    [
+        (("env=mt10", "balancer=cagrad"), 0.9),  # CAGrad paper, MT10
+        (("env=mt50", "balancer=cagrad"), 0.5),  # CAGrad paper, MT50
+        (("env=custom", "balancer=cagrad"), 0.5),  # no published value: the balancer's own file
+        (("env=mt10", "balancer=cagrad", "balancer.options.c=0.2"), 0.2),  # the command line wins
+        (("env=mt10", "balancer=cagrad", "experiment=cagrad_paper"), 0.9),  # and presets keep it
+    ],
+)
+def test_published_per_benchmark_values_come_from_hydra(overrides, expected_c) -> None:
+    assert compose(*overrides).balancer.options["c"] == expected_c
+
+
+def test_every_per_benchmark_file_names_a_real_env_and_group_choice() -> None:
+    """A misspelt per-benchmark file would silently never apply (its defaults entry is optional)."""
+    envs = {path.stem for path in (CONFIG_DIR / "env").glob("*.yaml")}
+    for group in ("balancer", "experiment"):
+        choices = {path.stem for path in (CONFIG_DIR / group).glob("*.yaml")}
+        files = sorted((CONFIG_DIR / "per_benchmark" / group).glob("*.yaml"))
+        assert files, group
+        for path in files:
+            pairs = [(a, b) for a in envs | choices for b in envs | choices if path.stem == f"{a}_{b}"]
+            first, second = ("env", group) if group == "balancer" else (group, "env")
+            assert any(
+                (a in envs if first == "env" else a in choices) and (b in envs if second == "env" else b in choices)
+                for a, b in pairs
+            ), path
 
 
 # ---------------------------------------------------------------- agent and the run
@@ -224,8 +255,11 @@ def test_a_missing_key_is_one_sentence_not_a_hidden_default(path: tuple[str, ...
 @pytest.mark.parametrize(
     "path, shown",
     [
-        (("agent", "learning_rate"), "Unknown config key agent.learning_rate; valid keys there are hidden_dim"),
-        (("eval", "seeds"), "Unknown config key eval.seeds; valid keys there are every, episodes"),
+        (
+            ("agent", "learning_rate"),
+            "Unknown config key agent.learning_rate; valid keys there are heads, alpha, init, hidden_dim",
+        ),
+        (("eval", "seeds"), "Unknown config key eval.seeds; valid keys there are every, episodes, protocol"),
         (("steps_per_task",), "Unknown config key steps_per_task"),
     ],
 )

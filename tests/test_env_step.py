@@ -19,7 +19,17 @@ def test_one_hot_position_and_shapes(two_task_env):
 
 def test_one_hot_can_be_switched_off():
     env = build_env(
-        EnvSpec(name="mt1", tasks=("reach-v3",), one_hot=False, max_episode_steps=3, vector_strategy="sync"), seed=1
+        EnvSpec(
+            goals="random",
+            reward_version="v2",
+            reward_normalization="none",
+            name="mt1",
+            tasks=("reach-v3",),
+            one_hot=False,
+            max_episode_steps=3,
+            vector_strategy="sync",
+        ),
+        seed=1,
     )
     try:
         assert env.reset().shape == (1, 39)
@@ -108,7 +118,14 @@ def test_evaluation_counts_success_at_any_step():
 def test_evaluation_on_real_env_matches_a_hand_count():
     """evaluate() against the raw gymnasium outputs of an identically seeded env, counted by hand."""
     spec = EnvSpec(
-        name="custom", tasks=("reach-v3", "push-v3"), max_episode_steps=3, one_hot=True, vector_strategy="sync"
+        goals="random",
+        reward_version="v2",
+        reward_normalization="none",
+        name="custom",
+        tasks=("reach-v3", "push-v3"),
+        max_episode_steps=3,
+        one_hot=True,
+        vector_strategy="sync",
     )
     policy = lambda obs: np.full((2, 4), 0.3, dtype=np.float32)  # noqa: E731
     env, twin = build_env(spec, seed=0), build_env(spec, seed=0)
@@ -132,20 +149,68 @@ def test_evaluation_on_real_env_matches_a_hand_count():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        (EnvSpec(name="mt11", one_hot=True, vector_strategy="sync", max_episode_steps=500), "Unknown env 'mt11'"),
         (
-            EnvSpec(name="mt1", tasks=("reach-v9",), one_hot=True, vector_strategy="sync", max_episode_steps=500),
+            EnvSpec(
+                goals="random",
+                reward_version="v2",
+                reward_normalization="none",
+                name="mt11",
+                one_hot=True,
+                vector_strategy="sync",
+                max_episode_steps=500,
+            ),
+            "Unknown env 'mt11'",
+        ),
+        (
+            EnvSpec(
+                goals="random",
+                reward_version="v2",
+                reward_normalization="none",
+                name="mt1",
+                tasks=("reach-v9",),
+                one_hot=True,
+                vector_strategy="sync",
+                max_episode_steps=500,
+            ),
             "Unknown Metaworld task 'reach-v9'",
         ),
         (
-            EnvSpec(name="custom", tasks=(), one_hot=True, vector_strategy="sync", max_episode_steps=500),
+            EnvSpec(
+                goals="random",
+                reward_version="v2",
+                reward_normalization="none",
+                name="custom",
+                tasks=(),
+                one_hot=True,
+                vector_strategy="sync",
+                max_episode_steps=500,
+            ),
             "non-empty env.tasks",
         ),
         (
-            EnvSpec(name="mt10", vector_strategy="threads", one_hot=True, max_episode_steps=500),
+            EnvSpec(
+                goals="random",
+                reward_version="v2",
+                reward_normalization="none",
+                name="mt10",
+                vector_strategy="threads",
+                one_hot=True,
+                max_episode_steps=500,
+            ),
             "Unknown env.vector_strategy 'threads'",
         ),
-        (EnvSpec(name="mt10", max_episode_steps=600, one_hot=True, vector_strategy="sync"), "max_episode_steps=600"),
+        (
+            EnvSpec(
+                goals="random",
+                reward_version="v2",
+                reward_normalization="none",
+                name="mt10",
+                max_episode_steps=600,
+                one_hot=True,
+                vector_strategy="sync",
+            ),
+            "max_episode_steps=600",
+        ),
     ],
 )
 def test_bad_env_specs(spec, message):

@@ -53,7 +53,18 @@ def assert_rows_are_tasks(env, expected_names: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def mt50_env():
-    env = build_env(EnvSpec(name="mt50", one_hot=True, vector_strategy="sync", max_episode_steps=500), seed=0)
+    env = build_env(
+        EnvSpec(
+            goals="random",
+            reward_version="v2",
+            reward_normalization="none",
+            name="mt50",
+            one_hot=True,
+            vector_strategy="sync",
+            max_episode_steps=500,
+        ),
+        seed=0,
+    )
     try:
         yield env
     finally:
@@ -61,7 +72,18 @@ def mt50_env():
 
 
 def test_mt10_row_i_is_task_i():
-    env = build_env(EnvSpec(name="mt10", one_hot=True, vector_strategy="sync", max_episode_steps=500), seed=0)
+    env = build_env(
+        EnvSpec(
+            goals="random",
+            reward_version="v2",
+            reward_normalization="none",
+            name="mt10",
+            one_hot=True,
+            vector_strategy="sync",
+            max_episode_steps=500,
+        ),
+        seed=0,
+    )
     try:
         table = list(env_dict.MT10_V3.items())
         assert len(table) == 10
@@ -85,7 +107,17 @@ def test_custom_rows_follow_the_given_order():
     # Not the benchmark order, so an env that re-sorts or reverses the list is caught.
     tasks = ("push-v3", "reach-v3", "door-open-v3")
     env = build_env(
-        EnvSpec(name="custom", tasks=tasks, max_episode_steps=3, one_hot=True, vector_strategy="sync"), seed=0
+        EnvSpec(
+            goals="random",
+            reward_version="v2",
+            reward_normalization="none",
+            name="custom",
+            tasks=tasks,
+            max_episode_steps=3,
+            one_hot=True,
+            vector_strategy="sync",
+        ),
+        seed=0,
     )
     try:
         assert_rows_are_tasks(env, list(tasks))
@@ -126,6 +158,9 @@ def two_runs():
     try:
         for strategy in ("sync", "async"):
             spec = EnvSpec(
+                goals="random",
+                reward_version="v2",
+                reward_normalization="none",
                 name="custom",
                 tasks=("reach-v3", "push-v3"),
                 one_hot=True,

@@ -36,6 +36,9 @@ LEARNER_NOISE_TOL = 1e-6
 def make_agent(num_tasks: int = K, seed: int = 0, perturb_target: bool = True, **kwargs) -> MultiTaskSAC:
     torch.manual_seed(seed)
     options = {
+        "heads": "per_task",
+        "alpha": "per_task",
+        "init": "pytorch",
         "hidden_dim": HIDDEN,
         "num_layers": 2,
         "discount": 0.9,

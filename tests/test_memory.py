@@ -22,8 +22,13 @@ from mtrl_famo.memory import estimate_memory
 ACTION = 4
 
 
-def agent_config(batch: int, hidden: int, layers: int, replay_size: int) -> AgentConfig:
+def agent_config(
+    batch: int, hidden: int, layers: int, replay_size: int, heads: str = "per_task", alpha: str = "per_task"
+) -> AgentConfig:
     return AgentConfig(
+        heads=heads,
+        alpha=alpha,
+        init="pytorch",
         hidden_dim=hidden,
         num_layers=layers,
         batch_size_per_task=batch,
@@ -71,9 +76,9 @@ def peak_allocated_bytes(run, trace_dir) -> int:
     return peak
 
 
-def built(k: int, batch: int, hidden: int, layers: int, balancer: BalancerConfig):
+def built(k: int, batch: int, hidden: int, layers: int, balancer: BalancerConfig, **shape: str):
     obs_dim = 39 + k
-    config = agent_config(batch, hidden, layers, replay_size=50 * k)
+    config = agent_config(batch, hidden, layers, replay_size=50 * k, **shape)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     cpu = torch.device("cpu")
@@ -129,8 +134,9 @@ def test_gradient_balancers_add_their_per_task_gradient_matrix(tmp_path) -> None
     assert 0.5 * extra <= estimates["pcgrad"] - estimates["mtsac"] <= 2.0 * extra
 
 
-def test_replay_and_networks_are_counted_exactly() -> None:
-    _, agent, learner, replay, estimate = built(3, 8, 24, 2, BALANCERS["famo"])
+@pytest.mark.parametrize("heads, alpha", [("per_task", "per_task"), ("shared", "shared"), ("shared", "per_task")])
+def test_replay_and_networks_are_counted_exactly(heads: str, alpha: str) -> None:
+    _, agent, learner, replay, estimate = built(3, 8, 24, 2, BALANCERS["famo"], heads=heads, alpha=alpha)
     learner.update(replay.sample(8))
     assert estimate.replay == sum(t.numel() * t.element_size() for t in replay.storage.values())
     parameters = sum(p.numel() * p.element_size() for p in agent.parameters())  # target critics included
@@ -150,9 +156,23 @@ def test_env_dims_match_a_real_metaworld_env(two_task_env) -> None:
     from mtrl_famo.envs import EnvSpec
 
     spec = EnvSpec(
-        name="custom", tasks=("reach-v3", "push-v3"), max_episode_steps=3, one_hot=True, vector_strategy="sync"
+        goals="random",
+        reward_version="v2",
+        reward_normalization="none",
+        name="custom",
+        tasks=("reach-v3", "push-v3"),
+        max_episode_steps=3,
+        one_hot=True,
+        vector_strategy="sync",
     )
     assert spec.dims() == (two_task_env.obs_dim, two_task_env.action_dim) == (41, 4)
     assert EnvSpec(
-        name="custom", tasks=("reach-v3", "push-v3"), one_hot=False, vector_strategy="sync", max_episode_steps=500
+        goals="random",
+        reward_version="v2",
+        reward_normalization="none",
+        name="custom",
+        tasks=("reach-v3", "push-v3"),
+        one_hot=False,
+        vector_strategy="sync",
+        max_episode_steps=500,
     ).dims() == (39, 4)

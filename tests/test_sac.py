@@ -12,7 +12,7 @@ from mtrl_famo.agents import MultiHeadMLP, MultiTaskSAC, actor_loss, alpha_loss,
 
 def test_batched_heads_equal_each_head_alone():
     torch.manual_seed(0)
-    net = MultiHeadMLP(in_dim=5, out_dim=3, hidden_dim=16, num_layers=2, num_tasks=4)
+    net = MultiHeadMLP(in_dim=5, out_dim=3, hidden_dim=16, num_layers=2, num_tasks=4, shared_head=False, init="pytorch")
     x = torch.randn(4, 7, 5)
     batched = net(x)
     for k in range(4):
@@ -29,6 +29,9 @@ def _linear_agent() -> MultiTaskSAC:
         obs_dim=1,
         action_dim=1,
         num_tasks=2,
+        heads="per_task",
+        alpha="per_task",
+        init="pytorch",
         num_layers=0,
         hidden_dim=1,
         init_temperature=0.5,

@@ -13,7 +13,18 @@ def tiny_agent(dtype: torch.dtype = torch.float64, seed: int = 0) -> MultiTaskSA
     """The real agent with tiny widths, so the checks cover the real trunk/head layout."""
     torch.manual_seed(seed)
     return MultiTaskSAC(
-        OBS, ACT, K, hidden_dim=8, num_layers=2, discount=0.99, init_temperature=1.0, log_std_min=-20.0, log_std_max=2.0
+        OBS,
+        ACT,
+        K,
+        heads="per_task",
+        alpha="per_task",
+        init="pytorch",
+        hidden_dim=8,
+        num_layers=2,
+        discount=0.99,
+        init_temperature=1.0,
+        log_std_min=-20.0,
+        log_std_max=2.0,
     ).to(dtype)
 
 
