@@ -7,8 +7,21 @@ shows, including the purge of steps an interrupted attempt logged after its last
 and writes `report.md`, `report.json` and `success_curves.png` into `--out` (default: the sweep
 directory). Nothing else is written, moved or deleted.
 
-What a run is (env, balancer, seed, requested steps) comes from its saved config, never from the
-path. Only complete runs enter the aggregates; incomplete ones are listed with how far they got.
+What a run is (experiment, env, balancer, seed, requested steps and its protocol) comes from its
+saved config, never from the path. Runs are grouped by (experiment, env, balancer): `experiment` is
+the preset the run was launched with (configs/experiment/<name>.yaml, e.g. none, cagrad_paper).
+Every group, in report.md and report.json, says its experiment and evaluation protocol
+(`eval.protocol` and `eval.episodes` per task); a group whose runs differ in any protocol-defining
+setting (PROTOCOL_KEYS) gets a warning naming the setting and which seeds have which value, since
+its numbers then average different protocols. Only complete runs enter the aggregates; incomplete
+ones are listed with how far they got.
+
+Runs written before the config recorded its protocol still load: a config.yaml without `experiment`
+is read as experiment `none` and one without `eval.protocol` as protocol `any_success` (the only
+evaluation there was then); each run's `assumed` field in report.json lists what was filled in this
+way. Other protocol settings missing from an old config (env.goals, agent.heads, ...) are not
+guessed: they read as not recorded (null), and a group mixing them with recorded values is warned
+about like any other difference.
 
 Confidence intervals are 95% percentile bootstraps over seeds from rliable's stratified bootstrap
 (`get_interval_estimates`, seeded so a report is reproducible): each seed's number is its mean
@@ -26,7 +39,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +56,22 @@ TASK_PREFIX = f"{EVAL_SUCCESS}/"
 REPORT_MD, REPORT_JSON, CURVES_PNG = "report.md", "report.json", "success_curves.png"
 CONFIDENCE = 0.95
 DEFAULT_REPS = 2000
+
+# Settings that define what a success rate means (how it was trained for and measured): runs of one
+# group that differ in any of them are warned about. Dotted paths into the saved config.yaml.
+PROTOCOL_KEYS = (
+    "eval.protocol",
+    "eval.episodes",
+    "eval.every",
+    "env.max_episode_steps",
+    "env.goals",
+    "env.reward_version",
+    "env.reward_normalization",
+    "agent.heads",
+    "agent.alpha",
+)
+# What a config.yaml written before a key existed is read as (see the module docstring).
+LEGACY_DEFAULTS = {"experiment": "none", "eval.protocol": "any_success"}
 
 
 class ReportError(ValueError):
@@ -68,10 +97,13 @@ class RunRecord:
     """One training run as the report sees it."""
 
     run_dir: Path
+    experiment: str  # the preset (configs/experiment/) the run was launched with
     env: str
     balancer: str
     seed: int
     steps: int  # requested environment steps per task (from the saved config)
+    protocol: dict[str, Any]  # PROTOCOL_KEYS -> value (None: not recorded in the config)
+    assumed: tuple[str, ...]  # keys read as LEGACY_DEFAULTS because the config predates them
     success: Series  # eval/success_rate: mean over tasks per eval step
     task_success: dict[str, Series]  # eval/success_rate/<task>
     complete: bool
@@ -161,8 +193,45 @@ def read_scalars(run_dir: Path, tags: Callable[[str], bool] = lambda tag: True) 
     return {tag: dedupe_last(accumulator.Scalars(tag)) for tag in accumulator.Tags()["scalars"] if tags(tag)}
 
 
-def read_config(run_dir: Path) -> tuple[str, str, int, int]:
-    """(env, balancer, seed, requested steps) from the config the trainer saved."""
+@dataclass(frozen=True)
+class RunConfig:
+    """What the report reads from a run's saved config."""
+
+    experiment: str
+    env: str
+    balancer: str
+    seed: int
+    steps: int
+    protocol: dict[str, Any]  # PROTOCOL_KEYS -> value, None where the config does not record it
+    assumed: tuple[str, ...]  # keys absent from the config and read as LEGACY_DEFAULTS
+
+
+_ABSENT = object()
+
+
+def _lookup(cfg: Any, dotted: str) -> Any:
+    """The value at a dotted path of a nested dict, or _ABSENT."""
+    for part in dotted.split("."):
+        if not isinstance(cfg, dict) or part not in cfg:
+            return _ABSENT
+        cfg = cfg[part]
+    return cfg
+
+
+def _scalar(value: Any) -> Any:
+    """A config value as a hashable, JSON-ready scalar (a nested value becomes its JSON text)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    """Experiment, env, balancer, seed, requested steps and protocol settings from the saved config.
+
+    A config written before `experiment` or `eval.protocol` existed reads as LEGACY_DEFAULTS
+    (experiment `none`, protocol `any_success`), listed in `assumed`; any other protocol setting it
+    lacks reads as None (not recorded), never as a guessed default.
+    """
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=False)
@@ -173,7 +242,15 @@ def read_config(run_dir: Path) -> tuple[str, str, int, int]:
         raise ReportError(
             f"{run_dir / CONFIG_FILE} lacks env.name, balancer.name, seed or steps ({error!r})."
         ) from None
-    return env, balancer, seed, steps
+    values, assumed = {}, []
+    for key in ("experiment", *PROTOCOL_KEYS):
+        value = _lookup(cfg, key)
+        if value is _ABSENT and key in LEGACY_DEFAULTS:
+            value = LEGACY_DEFAULTS[key]
+            assumed.append(key)
+        values[key] = None if value is _ABSENT else _scalar(value)
+    experiment = str(values.pop("experiment"))
+    return RunConfig(experiment, env, balancer, seed, steps, values, tuple(assumed))
 
 
 def read_marker(run_dir: Path) -> dict[str, Any] | None:
@@ -206,14 +283,27 @@ def completion(last_step: int | None, requested: int, marker: dict[str, Any] | N
 
 def load_run(run_dir: Path) -> RunRecord:
     """Read one run's config, completion marker and eval success scalars."""
-    env, balancer, seed, steps = read_config(run_dir)
+    config = read_config(run_dir)
     scalars = read_scalars(run_dir, lambda tag: tag == EVAL_SUCCESS or tag.startswith(TASK_PREFIX))
     empty = Series(np.zeros(0, dtype=np.int64), np.zeros(0))
     success = scalars.pop(EVAL_SUCCESS, empty)
     tasks = {tag.removeprefix(TASK_PREFIX): series for tag, series in scalars.items()}
     last = int(success.steps[-1]) if success.steps.size else None
-    complete, reason = completion(last, steps, read_marker(run_dir))
-    return RunRecord(run_dir, env, balancer, seed, steps, success, tasks, complete, reason)
+    complete, reason = completion(last, config.steps, read_marker(run_dir))
+    return RunRecord(
+        run_dir,
+        config.experiment,
+        config.env,
+        config.balancer,
+        config.seed,
+        config.steps,
+        config.protocol,
+        config.assumed,
+        success,
+        tasks,
+        complete,
+        reason,
+    )
 
 
 def discover_runs(sweep_dir: Path) -> tuple[list[RunRecord], list[Skipped]]:
@@ -298,6 +388,7 @@ def common_curve(runs: Sequence[RunRecord], reps: int, seed: int) -> dict[str, l
 # ----- the report -----------------------------------------------------------------------------
 def _run_json(run: RunRecord) -> dict[str, Any]:
     return {
+        "experiment": run.experiment,
         "env": run.env,
         "balancer": run.balancer,
         "seed": run.seed,
@@ -307,12 +398,32 @@ def _run_json(run: RunRecord) -> dict[str, Any]:
         "reason": run.reason,
         "final_success": run.final_success,
         "best_success": run.best_success,
+        "protocol": dict(run.protocol),
+        "assumed": list(run.assumed),
         "run_dir": str(run.run_dir),
     }
 
 
-def summarise_group(env: str, balancer: str, runs: Sequence[RunRecord], reps: int, seed: int) -> dict[str, Any]:
-    """One env × balancer row: statistics over its complete seeds only."""
+def _distinct(values: Iterable[Any]) -> list[Any]:
+    """Distinct values in a stable order (None, 'not recorded', last) for JSON and messages."""
+    return sorted(set(values), key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
+
+
+GroupKey = tuple[str, str, str]  # (experiment, env, balancer)
+
+
+def group_label(key: GroupKey) -> str:
+    """'experiment/env/balancer', as warnings name a group."""
+    return "/".join(key)
+
+
+def summarise_group(key: GroupKey, runs: Sequence[RunRecord], reps: int, seed: int) -> dict[str, Any]:
+    """One experiment × env × balancer row: statistics over its complete seeds only.
+
+    `protocol` holds every PROTOCOL_KEYS setting as the list of values its runs used (one value
+    when they agree); `eval_protocol` and `eval_episodes` repeat the evaluation's two for the table.
+    """
+    experiment, env, balancer = key
     done = sorted((run for run in runs if run.complete), key=lambda run: run.seed)
     final = [run.final_success for run in done]
     best = [run.best_success for run in done]
@@ -320,9 +431,15 @@ def summarise_group(env: str, balancer: str, runs: Sequence[RunRecord], reps: in
     for run in done:
         for task, value in run.final_task_success().items():
             per_task.setdefault(task, []).append(value)
+    protocol = {name: _distinct(run.protocol[name] for run in runs) for name in PROTOCOL_KEYS}
     return {
+        "experiment": experiment,
         "env": env,
         "balancer": balancer,
+        "eval_protocol": protocol["eval.protocol"],
+        "eval_episodes": protocol["eval.episodes"],
+        "protocol": protocol,
+        "protocol_consistent": all(len(values) == 1 for values in protocol.values()),
         "steps": sorted({run.steps for run in runs}),
         "n_complete": len(done),
         "n_runs": len(runs),
@@ -336,22 +453,45 @@ def summarise_group(env: str, balancer: str, runs: Sequence[RunRecord], reps: in
     }
 
 
-def consistency_warnings(groups: dict[tuple[str, str], list[RunRecord]]) -> list[str]:
-    """Things that make a group's seeds not comparable: said aloud, not averaged over silently."""
+def _shown(value: Any) -> str:
+    return "not recorded" if value is None else str(value)
+
+
+def consistency_warnings(groups: dict[GroupKey, list[RunRecord]]) -> list[str]:
+    """Things that make a group's seeds not comparable: said aloud, not averaged over silently.
+
+    A protocol setting (PROTOCOL_KEYS) that differs between runs of a group is warned about
+    whether or not the runs are complete yet: once they are, their numbers are averaged together.
+    """
     warnings = []
-    for (env, balancer), members in sorted(groups.items()):
+    for key, members in sorted(groups.items()):
+        label = group_label(key)
         seeds = [run.seed for run in members]
         for seed in sorted({s for s in seeds if seeds.count(s) > 1}):
             dirs = ", ".join(str(run.run_dir) for run in members if run.seed == seed)
-            warnings.append(f"{env}/{balancer}: seed {seed} appears in several runs ({dirs}).")
+            warnings.append(f"{label}: seed {seed} appears in several runs ({dirs}).")
+        for name in PROTOCOL_KEYS:
+            values = _distinct(run.protocol[name] for run in members)
+            if len(values) > 1:
+                seeds_of = {
+                    value: [str(run.seed) for run in members if run.protocol[name] == value] for value in values
+                }
+                detail = "; ".join(
+                    f"{_shown(value)}: seed{'s' if len(seeds_of[value]) > 1 else ''} {', '.join(seeds_of[value])}"
+                    for value in values
+                )
+                warnings.append(
+                    f"{label}: runs differ in the protocol setting {name} ({detail}); numbers from protocols "
+                    "that differ (or are not known to match) are averaged together in this group."
+                )
         done = [run for run in members if run.complete]
         if len({run.steps for run in done}) > 1:
             warnings.append(
-                f"{env}/{balancer}: complete seeds requested different steps "
+                f"{label}: complete seeds requested different steps "
                 f"({sorted({run.steps for run in done})}); their final numbers are averaged together."
             )
         if len({tuple(sorted(run.task_success)) for run in done}) > 1:
-            warnings.append(f"{env}/{balancer}: complete seeds logged different task sets.")
+            warnings.append(f"{label}: complete seeds logged different task sets.")
     return warnings
 
 
@@ -377,11 +517,11 @@ def compute_report(sweep_dir: Path | str, reps: int = DEFAULT_REPS, seed: int = 
             f"No runs found under {sweep_dir}; expected directories holding a {CONFIG_FILE} and "
             f"TensorBoard event files ({EVENTS_PREFIX}*)."
         )
-    runs.sort(key=lambda run: (run.env, run.balancer, run.seed, str(run.run_dir)))
-    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    runs.sort(key=lambda run: (run.experiment, run.env, run.balancer, run.seed, str(run.run_dir)))
+    groups: dict[GroupKey, list[RunRecord]] = {}
     for run in runs:
-        groups.setdefault((run.env, run.balancer), []).append(run)
-    rows = [summarise_group(env, balancer, members, reps, seed) for (env, balancer), members in sorted(groups.items())]
+        groups.setdefault((run.experiment, run.env, run.balancer), []).append(run)
+    rows = [summarise_group(key, members, reps, seed) for key, members in sorted(groups.items())]
     return {
         "sweep_dir": str(sweep_dir.resolve()),
         "units": "success rates are fractions in [0, 1]; steps are environment steps per task",
@@ -421,6 +561,14 @@ def format_seeds(group: dict[str, Any]) -> str:
     return f"{group['n_complete']} of {group['n_runs']} seeds complete"
 
 
+def format_protocol(group: dict[str, Any]) -> str:
+    """'any_success, 10 episodes'; every value seen when runs differ, and '(mixed)' for any difference."""
+    names = "/".join(_shown(v) for v in group["eval_protocol"])
+    episodes = "/".join(_shown(v) for v in group["eval_episodes"])
+    text = f"{names}, {episodes} episodes"
+    return text if group["protocol_consistent"] else f"{text} (mixed: see warnings)"
+
+
 def _relative(path: str, root: str) -> str:
     """A run directory as seen from the sweep directory (absolute if it lies elsewhere)."""
     try:
@@ -447,11 +595,23 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{ci['reps']} resamples, seed {ci['seed']}).",
     ]
     lines.append("")
-    header = ["env", "balancer", "steps", "seeds", "final success", "final IQM", "best success"]
+    header = [
+        "experiment",
+        "env",
+        "balancer",
+        "protocol",
+        "steps",
+        "seeds",
+        "final success",
+        "final IQM",
+        "best success",
+    ]
     rows = [
         [
+            g["experiment"],
             g["env"],
             g["balancer"],
+            format_protocol(g),
             ", ".join(map(str, g["steps"])),
             format_seeds(g),
             format_estimate(g["final_success"]),
@@ -461,12 +621,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         for g in report["groups"]
     ]
     lines += _table(header, rows)
-    for env in sorted({g["env"] for g in report["groups"]}):
-        groups = [g for g in report["groups"] if g["env"] == env]
+    assumed = [r for r in report["runs"] if r["assumed"]]
+    if assumed:
+        read_as = ", ".join(f"{key} {value}" for key, value in LEGACY_DEFAULTS.items())
+        lines += [
+            "",
+            f"{len(assumed)} run(s) predate the config's protocol keys and are read as {read_as} "
+            "(`assumed` in report.json).",
+        ]
+    for experiment, env in sorted({(g["experiment"], g["env"]) for g in report["groups"]}):
+        groups = [g for g in report["groups"] if (g["experiment"], g["env"]) == (experiment, env)]
         tasks = sorted({task for g in groups for task in g["final_success_per_task"]})
         if not tasks:
             continue
-        lines += ["", f"## Final success per task: {env}", ""]
+        lines += ["", f"## Final success per task: {env}, experiment {experiment}", ""]
         lines += _table(
             ["balancer", *tasks],
             [[g["balancer"], *(pct(g["final_success_per_task"].get(t)) for t in tasks)] for g in groups],
@@ -474,9 +642,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["incomplete"]:
         lines += ["", "## Incomplete runs (excluded from the tables above)", ""]
         lines += _table(
-            ["env", "balancer", "seed", "last eval step / requested", "why", "run dir"],
+            ["experiment", "env", "balancer", "seed", "last eval step / requested", "why", "run dir"],
             [
                 [
+                    r["experiment"],
                     r["env"],
                     r["balancer"],
                     r["seed"],
@@ -504,17 +673,17 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def render_curves(report: dict[str, Any]) -> bytes:
-    """success_curves.png: one subplot per env, one curve + band per balancer (Agg, no pyplot state)."""
+    """success_curves.png: one subplot per experiment × env, one curve + band per balancer (Agg, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    envs = sorted({g["env"] for g in report["groups"]})
-    figure = Figure(figsize=(6 * len(envs), 4.2), layout="constrained")
+    panels = sorted({(g["experiment"], g["env"]) for g in report["groups"]})
+    figure = Figure(figsize=(6 * len(panels), 4.2), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(envs), squeeze=False)[0]
-    for ax, env in zip(axes, envs):
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (experiment, env) in zip(axes, panels):
         plotted = False
-        for group in (g for g in report["groups"] if g["env"] == env):
+        for group in (g for g in report["groups"] if (g["experiment"], g["env"]) == (experiment, env)):
             curve = group["curve"]
             if not curve["steps"]:
                 continue
@@ -524,7 +693,7 @@ def render_curves(report: dict[str, Any]) -> bytes:
                 100 * np.asarray(curve["mean"]),
                 marker="o",
                 markersize=3,
-                label=f"{group['balancer']} (n={group['n_complete']})",
+                label=f"{group['balancer']}, {format_protocol(group)} (n={group['n_complete']})",
             )
             ax.fill_between(
                 steps,
@@ -535,7 +704,7 @@ def render_curves(report: dict[str, Any]) -> bytes:
                 linewidth=0,
             )
             plotted = True
-        ax.set_title(env)
+        ax.set_title(f"{env}, experiment {experiment}")
         ax.set_xlabel("environment steps per task")
         ax.set_ylabel("eval success rate (%)")
         ax.set_ylim(-2, 102)
@@ -589,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.sweep_dir
     complete = sum(g["n_complete"] for g in report["groups"])
     print(
-        f"report: {len(report['groups'])} env×balancer groups, {complete} complete runs, "
+        f"report: {len(report['groups'])} experiment×env×balancer groups, {complete} complete runs, "
         f"{len(report['incomplete'])} incomplete; wrote {out / REPORT_MD}, {out / REPORT_JSON}, {out / CURVES_PNG}"
     )
     return 0

@@ -18,12 +18,14 @@ from torch.utils.tensorboard import SummaryWriter
 
 from mtrl_famo.report import (
     CURVES_PNG,
+    PROTOCOL_KEYS,
     REPORT_JSON,
     REPORT_MD,
     ReportError,
     build_report,
     completion,
     compute_report,
+    read_config,
     read_scalars,
 )
 
@@ -36,8 +38,48 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # ----- writing runs the way the trainer does --------------------------------------------------
-def write_config(run_dir: Path, env: str, balancer: str, seed: int, steps: int = STEPS, tasks=TASKS) -> None:
-    """config.yaml with the trainer's structure (the resolved Hydra config, saved with OmegaConf)."""
+# A value other than write_config's for every protocol-defining setting; the keys are the settings
+# the report must compare (written out here, so dropping one from report.PROTOCOL_KEYS fails a test).
+OTHER_PROTOCOL = {
+    "eval.protocol": "metaworld",
+    "eval.episodes": 50,
+    "eval.every": 50,
+    "env.max_episode_steps": 150,
+    "env.goals": "fixed",
+    "env.reward_version": "v1",
+    "env.reward_normalization": "running_std",
+    "agent.heads": "shared",
+    "agent.alpha": "shared",
+}
+# The keys a config.yaml written before the protocol was recorded lacks.
+LEGACY_ABSENT = (
+    "experiment",
+    "eval.protocol",
+    "env.goals",
+    "env.reward_version",
+    "env.reward_normalization",
+    "agent.heads",
+    "agent.alpha",
+    "agent.init",
+)
+
+
+def write_config(
+    run_dir: Path,
+    env: str,
+    balancer: str,
+    seed: int,
+    steps: int = STEPS,
+    tasks=TASKS,
+    experiment: str = "none",
+    settings: dict | None = None,
+    legacy: bool = False,
+) -> None:
+    """config.yaml with the trainer's structure (the resolved Hydra config, saved with OmegaConf).
+
+    `settings` overrides dotted keys (e.g. {"eval.protocol": "metaworld"}); `legacy` writes the
+    config of a run from before `experiment`, `eval.protocol` and the other protocol keys existed.
+    """
     cfg = OmegaConf.create(
         {
             "env": {
@@ -46,19 +88,37 @@ def write_config(run_dir: Path, env: str, balancer: str, seed: int, steps: int =
                 "one_hot": True,
                 "vector_strategy": "sync",
                 "max_episode_steps": 40,
+                "goals": "random",
+                "reward_version": "v2",
+                "reward_normalization": "none",
             },
-            "agent": {"hidden_dim": 32, "num_layers": 2, "batch_size_per_task": 16, "warmup_steps": 40},
+            "agent": {
+                "heads": "per_task",
+                "alpha": "per_task",
+                "init": "pytorch",
+                "hidden_dim": 32,
+                "num_layers": 2,
+                "batch_size_per_task": 16,
+                "warmup_steps": 40,
+            },
             "balancer": {"name": balancer, "apply_to": ["critic"], "options": {}},
+            "experiment": experiment,
             "seed": seed,
             "device": "auto",
             "steps": steps,
             "run_dir": str(run_dir),
             "progress": False,
-            "eval": {"every": EVAL_EVERY, "episodes": 10},
+            "eval": {"every": EVAL_EVERY, "episodes": 10, "protocol": "any_success"},
             "log": {"every": 20, "conflicts_every": 5},
             "checkpoint": {"every": 50000},
         }
     )
+    for key, value in (settings or {}).items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    if legacy:
+        for key in LEGACY_ABSENT:
+            parent, _, leaf = key.rpartition(".")
+            del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -159,8 +219,10 @@ def snapshot(root: Path) -> dict[str, str]:
     }
 
 
-def group(report: dict, env: str, balancer: str) -> dict:
-    (match,) = [g for g in report["groups"] if (g["env"], g["balancer"]) == (env, balancer)]
+def group(report: dict, env: str, balancer: str, experiment: str = "none") -> dict:
+    (match,) = [
+        g for g in report["groups"] if (g["experiment"], g["env"], g["balancer"]) == (experiment, env, balancer)
+    ]
     return match
 
 
@@ -277,27 +339,173 @@ def test_curves_are_mean_over_seeds_at_common_steps(sweep):
 
 
 # ----- files ----------------------------------------------------------------------------------
-def test_markdown_has_one_row_per_env_and_balancer_with_the_json_numbers(sweep):
+MAIN_HEADER = "| experiment | env | balancer | protocol | steps | seeds |"
+
+
+def main_table(markdown: str) -> list[list[str]]:
+    """The cells of the main table's rows (up to its blank line)."""
+    lines = markdown.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith(MAIN_HEADER))) + 2
+    return [[cell.strip() for cell in row.split("|")[1:-1]] for row in lines[start : lines.index("", start)]]
+
+
+def test_markdown_has_one_row_per_experiment_env_and_balancer_with_the_json_numbers(sweep):
     root, _, report, _ = sweep
     markdown = (root / REPORT_MD).read_text()
-    lines = markdown.splitlines()
-    start = lines.index(next(line for line in lines if line.startswith("| env | balancer |"))) + 2
-    rows = lines[start : lines.index("", start)]  # the main table, up to its blank line
-    assert [tuple(c.strip() for c in row.split("|")[1:3]) for row in rows] == [
-        ("custom", "famo"),
-        ("custom", "mtsac"),
-        ("mt1", "cagrad"),
-        ("mt1", "pcgrad"),
+    rows = main_table(markdown)
+    assert [tuple(row[:5]) for row in rows] == [
+        ("none", "custom", "famo", "any_success, 10 episodes", str(STEPS)),
+        ("none", "custom", "mtsac", "any_success, 10 episodes", str(STEPS)),
+        ("none", "mt1", "cagrad", "any_success, 10 episodes", str(STEPS)),
+        ("none", "mt1", "pcgrad", "any_success, 10 episodes", str(STEPS)),
     ]
     famo = group(report, "custom", "famo")
     low, high = famo["final_success"]["ci"]
-    assert f"{100 * famo['final_success']['point']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in rows[0]
-    assert "50.0 [50.0, 50.0] (degenerate)" in rows[2]
-    assert "## Final success per task: custom" in markdown
+    assert f"{100 * famo['final_success']['point']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in rows[0][6]
+    assert rows[2][6] == "50.0 [50.0, 50.0] (degenerate)"
+    assert "## Final success per task: custom, experiment none" in markdown
     per_task_row = next(line for line in markdown.splitlines() if line.startswith("| famo |"))
     for task in TASKS:
         assert f"{100 * famo['final_success_per_task'][task]:.1f}" in per_task_row
     assert json.loads((root / REPORT_JSON).read_text()) == report
+
+
+# ----- experiments and protocols --------------------------------------------------------------
+# write_config's protocol (the defaults of experiment=none with the test's eval.every and episode length).
+DEFAULT_PROTOCOL = {
+    "eval.protocol": "any_success",
+    "eval.episodes": 10,
+    "eval.every": EVAL_EVERY,
+    "env.max_episode_steps": 40,
+    "env.goals": "random",
+    "env.reward_version": "v2",
+    "env.reward_normalization": "none",
+    "agent.heads": "per_task",
+    "agent.alpha": "per_task",
+}
+# The presets' protocol settings (configs/experiment/*.yaml), eval.every left at the test's.
+PRESETS = {
+    "cagrad_paper": {
+        "eval.episodes": 1,
+        "env.max_episode_steps": 150,
+        "env.goals": "fixed",
+        "env.reward_normalization": "running_std",
+        "agent.heads": "shared",
+        "agent.alpha": "shared",
+    },
+    "metaworld_plus": {"eval.protocol": "metaworld", "eval.episodes": 50, "env.max_episode_steps": 500},
+}
+
+
+def write_complete_run(run_dir: Path, seed: int, rng: np.random.Generator, **config) -> float:
+    """A finished custom/famo run with random evals; returns its final mean success."""
+    evals = random_evals(rng)
+    write_config(run_dir, "custom", "famo", seed, **config)
+    write_events(run_dir, evals, wall0=1000.0, order=0)
+    write_summary(run_dir, STEPS, evals[STEPS])
+    return float(np.mean(evals[STEPS]))
+
+
+def test_protocol_keys_are_the_protocol_defining_settings():
+    assert set(PROTOCOL_KEYS) == set(OTHER_PROTOCOL) == set(DEFAULT_PROTOCOL)
+    assert all(OTHER_PROTOCOL[key] != DEFAULT_PROTOCOL[key] for key in PROTOCOL_KEYS)
+
+
+def test_runs_of_different_experiments_are_separate_groups_that_say_their_protocol(tmp_path):
+    rng = np.random.default_rng(7)
+    seeds = {"none": [0, 1, 2], "cagrad_paper": [0, 1], "metaworld_plus": [0]}
+    finals = {
+        experiment: [
+            write_complete_run(
+                tmp_path / experiment / f"seed={seed}",
+                seed,
+                rng,
+                experiment=experiment,
+                settings=PRESETS.get(experiment),
+            )
+            for seed in experiment_seeds
+        ]
+        for experiment, experiment_seeds in seeds.items()
+    }
+    # Precondition: pooling any two experiments would change their means.
+    assert len({round(float(np.mean(values)), 6) for values in finals.values()}) == 3
+    report = build_report(tmp_path, reps=REPS)
+    keys = [(g["experiment"], g["env"], g["balancer"]) for g in report["groups"]]
+    assert keys == [
+        ("cagrad_paper", "custom", "famo"),
+        ("metaworld_plus", "custom", "famo"),
+        ("none", "custom", "famo"),
+    ]
+    for experiment, experiment_seeds in seeds.items():
+        row = group(report, "custom", "famo", experiment)
+        assert row["seeds_complete"] == experiment_seeds
+        assert row["final_success"]["point"] == pytest.approx(np.mean(finals[experiment]), abs=1e-6)
+        want = {**DEFAULT_PROTOCOL, **PRESETS.get(experiment, {})}
+        assert row["protocol"] == {key: [value] for key, value in want.items()}
+        assert (row["eval_protocol"], row["eval_episodes"]) == ([want["eval.protocol"]], [want["eval.episodes"]])
+        assert row["protocol_consistent"] is True
+    # Seed 0 of each experiment is no duplicate, and nothing differs within a group.
+    assert report["warnings"] == []
+    assert {(r["experiment"], r["seed"]) for r in report["runs"]} == {(e, s) for e in seeds for s in seeds[e]}
+    assert all(r["assumed"] == [] for r in report["runs"])
+    markdown = (tmp_path / REPORT_MD).read_text()
+    assert [row[:4] for row in main_table(markdown)] == [
+        ["cagrad_paper", "custom", "famo", "any_success, 1 episodes"],
+        ["metaworld_plus", "custom", "famo", "metaworld, 50 episodes"],
+        ["none", "custom", "famo", "any_success, 10 episodes"],
+    ]
+    for experiment in seeds:
+        assert f"## Final success per task: custom, experiment {experiment}" in markdown
+    assert "predate" not in markdown
+
+
+@pytest.mark.parametrize("key", sorted(OTHER_PROTOCOL))
+def test_a_protocol_setting_that_differs_within_a_group_is_warned(tmp_path, key):
+    rng = np.random.default_rng(11)
+    for seed in (0, 1, 2):
+        settings = {key: OTHER_PROTOCOL[key]} if seed == 1 else None
+        write_complete_run(tmp_path / f"seed={seed}", seed, rng, experiment="cagrad_paper", settings=settings)
+    report = build_report(tmp_path, reps=REPS)
+    (row,) = report["groups"]
+    assert row["experiment"] == "cagrad_paper" and row["seeds_complete"] == [0, 1, 2]
+    assert sorted(map(str, row["protocol"][key])) == sorted(map(str, [DEFAULT_PROTOCOL[key], OTHER_PROTOCOL[key]]))
+    assert row["protocol_consistent"] is False
+    (warning,) = report["warnings"]
+    assert warning.startswith("cagrad_paper/custom/famo: ") and f" {key} (" in warning
+    assert f"{DEFAULT_PROTOCOL[key]}: seeds 0, 2" in warning and f"{OTHER_PROTOCOL[key]}: seed 1" in warning
+    markdown = (tmp_path / REPORT_MD).read_text()
+    (table_row,) = main_table(markdown)
+    assert table_row[3].endswith("(mixed: see warnings)")
+    if key in ("eval.protocol", "eval.episodes"):
+        assert "any_success/metaworld" in table_row[3] or "10/50 episodes" in table_row[3]
+    assert f"- {warning}" in markdown
+
+
+def test_configs_written_before_the_protocol_keys_read_as_experiment_none_and_any_success(tmp_path):
+    rng = np.random.default_rng(3)
+    for seed in (0, 1):
+        write_complete_run(tmp_path / "old" / f"seed={seed}", seed, rng, legacy=True)
+    config = read_config(tmp_path / "old" / "seed=0")
+    assert (config.experiment, config.protocol["eval.protocol"]) == ("none", "any_success")
+    assert config.assumed == ("experiment", "eval.protocol")
+    assert config.protocol["eval.episodes"] == 10 and config.protocol["env.goals"] is None  # not guessed
+    report = build_report(tmp_path, reps=REPS)
+    (row,) = report["groups"]
+    assert (row["experiment"], row["eval_protocol"], row["eval_episodes"]) == ("none", ["any_success"], [10])
+    assert row["seeds_complete"] == [0, 1] and report["skipped"] == [] and report["warnings"] == []
+    assert [r["assumed"] for r in report["runs"]] == [["experiment", "eval.protocol"]] * 2
+    assert "2 run(s) predate the config's protocol keys" in (tmp_path / REPORT_MD).read_text()
+    # A current run of experiment none joins their group; the settings the old runs never recorded
+    # are said to differ, the assumed protocol is not.
+    write_complete_run(tmp_path / "new" / "seed=2", 2, rng)
+    report = compute_report(tmp_path, reps=REPS)
+    (row,) = report["groups"]
+    assert row["seeds_complete"] == [0, 1, 2] and row["eval_protocol"] == ["any_success"]
+    unrecorded = ["env.goals", "env.reward_version", "env.reward_normalization", "agent.heads", "agent.alpha"]
+    assert len(report["warnings"]) == len(unrecorded)
+    for key, warning in zip(sorted(unrecorded, key=PROTOCOL_KEYS.index), report["warnings"]):
+        assert f" {key} (" in warning and "not recorded: seeds 0, 1" in warning
+        assert f"{DEFAULT_PROTOCOL[key]}: seed 2" in warning
 
 
 def test_png_is_written_and_nothing_else_changes(sweep):
@@ -360,6 +568,11 @@ def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
     report = build_report(sweep_dir, reps=REPS)
     row = group(report, "custom", "mtsac")
     assert row["seeds_complete"] == [0, 1] and report["incomplete"] == []
+    # The trainer's config.yaml records every protocol setting where the report reads it.
+    assert (row["experiment"], row["eval_protocol"], row["eval_episodes"]) == ("none", ["any_success"], [1])
+    assert row["protocol"]["env.max_episode_steps"] == [40] and row["protocol"]["eval.every"] == [60]
+    assert all(len(values) == 1 and values[0] is not None for values in row["protocol"].values())
+    assert all(run["assumed"] == [] for run in report["runs"]) and report["warnings"] == []
     data = [tb_scalars(sweep_dir / "custom" / "mtsac" / f"seed={seed}", ("eval/success_rate",)) for seed in (0, 1)]
     final = [d["eval/success_rate"][-1] for d in data]
     # Precondition (tests/hooks scripts success from the real returns): final, best, first, per-task
