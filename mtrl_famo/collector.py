@@ -3,7 +3,8 @@
 The collector also knows where a run can be resumed exactly. With a fixed horizon and no
 termination (the Metaworld MT default) every task ends its episode on the same step; right after
 such a step the simulators hold fresh resets, which the env's RNG state taken just before that
-step reproduces. So a checkpoint there needs no simulator state: only RNG states and counters.
+step reproduces. So a checkpoint there needs no simulator state: only RNG states and counters
+(and the running reward scale's statistics, with env.reward_normalization=running_std).
 """
 
 from __future__ import annotations
@@ -15,12 +16,21 @@ import numpy as np
 import torch
 
 from mtrl_famo.agents.sac import MultiTaskSAC
-from mtrl_famo.envs import EpisodeTracker, MultiTaskEnv, VectorStep
+from mtrl_famo.envs import EpisodeTracker, MultiTaskEnv, RunningRewardScale, VectorStep
+from mtrl_famo.envs.builder import REWARD_NORMALIZATIONS
 from mtrl_famo.replay import TaskReplay
 
 
 class Collector:
-    """Steps the vector env once per call, stores the transition of every task, scores episodes."""
+    """Steps the vector env once per call, stores the transition of every task, scores episodes.
+
+    `reward_normalization` (env.reward_normalization): `none` stores raw rewards; `running_std`
+    stores each task's reward divided by its running standard deviation (`RunningRewardScale`,
+    updated once per step, warm-up included), as the published env wrapper handed them to the
+    agent. Only the replay (what the agent learns from) sees scaled rewards: the episode returns
+    that `episodes` (EpisodeTracker) accumulates, and so the logged train returns, stay RAW
+    Metaworld rewards, comparable across settings and with evaluation returns.
+    """
 
     def __init__(
         self,
@@ -30,7 +40,14 @@ class Collector:
         warmup_steps: int,
         generator: torch.Generator,
         device: torch.device,
+        *,
+        reward_normalization: str,
     ):
+        if reward_normalization not in REWARD_NORMALIZATIONS:
+            raise ValueError(
+                f"Unknown env.reward_normalization '{reward_normalization}'; "
+                f"choose one of {', '.join(REWARD_NORMALIZATIONS)}."
+            )
         self.env = env
         self.agent = agent
         self.replay = replay
@@ -42,6 +59,7 @@ class Collector:
         self.episodes = EpisodeTracker(env.num_tasks)
         self.episode_step = 0
         self._env_rng_before_reset: list[Any] | None = None
+        self.reward_scale = RunningRewardScale(env.num_tasks) if reward_normalization == "running_std" else None
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """Uniform random actions for the first `warmup_steps` steps, then a policy sample."""
@@ -54,7 +72,10 @@ class Collector:
         return action.squeeze(1)
 
     def step(self) -> VectorStep:
-        """One vector step: act, step, store (terminated only: truncation bootstraps), score."""
+        """One vector step: act, step, store (terminated only: truncation bootstraps), score.
+
+        The replay gets the (possibly scaled) training reward, the episode tracker the raw one.
+        """
         obs = torch.as_tensor(self.obs, device=self.device)
         action = self.act(obs)
         ends_episode = self.episode_step + 1 == self.env.max_episode_steps
@@ -66,10 +87,11 @@ class Collector:
             self._env_rng_before_reset = env_rng
         elif result.done.any():  # episodes no longer aligned across tasks: no exact resume point
             self._env_rng_before_reset = None
+        reward = result.reward if self.reward_scale is None else self.reward_scale(result.reward)
         self.replay.add(
             obs=obs,
             action=action,
-            reward=torch.as_tensor(result.reward, device=self.device),
+            reward=torch.as_tensor(reward, dtype=torch.float32, device=self.device),
             next_obs=torch.as_tensor(result.next_obs, device=self.device),
             terminated=torch.as_tensor(result.terminated, dtype=torch.float32, device=self.device),
         )
@@ -91,10 +113,21 @@ class Collector:
             "obs": self.obs,
             "env_rng_before_reset": self._env_rng_before_reset,
             "episodes": self.episodes.state_dict(),
+            "reward_scale": None if self.reward_scale is None else self.reward_scale.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild the fresh resets of the episode end the state was taken at."""
+        """Rebuild the fresh resets of the episode end the state was taken at.
+
+        A state without "reward_scale" (written before reward scaling existed, when every run
+        stored raw rewards) loads as one of a run without scaling.
+        """
+        saved_scale = state.get("reward_scale")
+        if (saved_scale is None) != (self.reward_scale is None):
+            raise ValueError(
+                "The checkpoint's reward scaling does not match this run's env.reward_normalization "
+                f"({'none' if saved_scale is None else 'running_std'} there)."
+            )
         self.env.restore_rng_state(state["env_rng_before_reset"])
         self.obs = self.env.reset()
         if not np.array_equal(self.obs, state["obs"]):
@@ -109,3 +142,5 @@ class Collector:
         self.episode_step = 0
         self.episodes.load_state_dict(state["episodes"])
         self.env_step = int(state["env_step"])
+        if self.reward_scale is not None:
+            self.reward_scale.load_state_dict(saved_scale)

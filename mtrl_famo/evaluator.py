@@ -9,24 +9,31 @@ import numpy as np
 import torch
 
 from mtrl_famo.agents.sac import MultiTaskSAC
-from mtrl_famo.envs import EnvSpec, EvalResult, MultiTaskEnv, build_env, evaluate
+from mtrl_famo.envs import EnvSpec, EvalResult, MultiTaskEnv, build_env
+from mtrl_famo.envs.evaluation import PROTOCOLS
 
 
 class Evaluator:
-    """Runs `episodes` mean-action episodes per task; the env is built on first use."""
+    """Runs `episodes` mean-action episodes per task under `protocol` (a key of
+    `mtrl_famo.envs.evaluation.PROTOCOLS`); the env is built on first use, as the protocol needs it."""
 
-    def __init__(self, spec: EnvSpec, seed: int, episodes: int, agent: MultiTaskSAC, device: torch.device):
+    def __init__(
+        self, spec: EnvSpec, seed: int, episodes: int, agent: MultiTaskSAC, device: torch.device, *, protocol: str
+    ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"Unknown eval.protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}.")
         self.spec = spec
         self.seed = seed
         self.episodes = episodes
         self.agent = agent
         self.device = device
+        self.protocol = PROTOCOLS[protocol]
         self.env: MultiTaskEnv | None = None
         self.last: EvalResult | None = None
 
     def _env(self) -> MultiTaskEnv:
         if self.env is None:
-            self.env = build_env(self.spec, self.seed)
+            self.env = build_env(self.spec, self.seed, every_goal_in_turn=self.protocol.every_goal_in_turn)
         return self.env
 
     def policy(self, obs: np.ndarray) -> np.ndarray:
@@ -35,10 +42,11 @@ class Evaluator:
             return self.agent.actor.mean_action(obs_t).squeeze(1).cpu().numpy()
 
     def run(self) -> EvalResult:
-        self.last = evaluate(self.policy, self._env(), self.episodes)
+        self.last = self.protocol.evaluate(self.policy, self._env(), self.episodes)
         return self.last
 
     def state_dict(self) -> dict[str, Any]:
+        """The eval env's RNG (for metaworld also its goal shuffles and their position) and the last result."""
         return {
             "env_rng": None if self.env is None else self.env.rng_state(),
             "last": None if self.last is None else dataclasses.asdict(self.last),

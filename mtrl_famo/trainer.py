@@ -45,9 +45,17 @@ class Trainer:
         self.learner = build_learner(config.agent, config.balancer, self.agent, self.generator)
         self.replay = build_replay(config.agent, k, obs_dim, action_dim, self.device, self.generator)
         self.collector = Collector(
-            self.env, self.agent, self.replay, config.agent.warmup_steps, self.generator, self.device
+            self.env,
+            self.agent,
+            self.replay,
+            config.agent.warmup_steps,
+            self.generator,
+            self.device,
+            reward_normalization=config.env.reward_normalization,
         )
-        self.evaluator = Evaluator(config.env, config.seed, config.eval_episodes, self.agent, self.device)
+        self.evaluator = Evaluator(
+            config.env, config.seed, config.eval_episodes, self.agent, self.device, protocol=config.eval_protocol
+        )
         self.metrics = TrainMetrics()
         self._last_checkpoint_step = 0
 
@@ -152,13 +160,17 @@ class Trainer:
         return True
 
     # ----- the loop -----------------------------------------------------------------------
-    def train(self, resolved_config: str | None = None) -> dict[str, Any]:
+    def train(self, resolved_config: str | None = None, *, wall_clock_limit_s: float | None = None) -> dict[str, Any]:
         """Run (or resume) to `config.steps` environment steps per task; returns the summary.
 
         `resolved_config` (the YAML of the full config) is saved beside the event files once the
         run directory is known to be this run's, so a refused resume overwrites nothing.
+        `wall_clock_limit_s` (scripts/learning_check.py) ends the run early at the first exact
+        resume point after that many seconds, with a final evaluation and a checkpoint, so the
+        run can be continued later like any interrupted one.
         """
         config = self.config
+        deadline = None if wall_clock_limit_s is None else time.monotonic() + wall_clock_limit_s
         self.run_dir.mkdir(parents=True, exist_ok=True)
         had_events = any(self.run_dir.glob("events.out.tfevents.*"))
         resumed = self.resume()
@@ -189,6 +201,10 @@ class Trainer:
                         writer.flush()
                         self.save_checkpoint()
                         guard.hand_over()
+                    if at_resume_point and deadline is not None and time.monotonic() >= deadline:
+                        if self.env_step % config.eval_every != 0:  # not evaluated at this step yet
+                            bar.set_postfix(eval_success=f"{self.evaluate(writer):.2f}")
+                        break
                 if self.collector.at_resume_point and self._last_checkpoint_step != self.env_step:
                     writer.flush()
                     self.save_checkpoint()  # a finished run re-launched (e.g. re-queued) stays finished
