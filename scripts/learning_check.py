@@ -28,9 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument(
-        "--run-dir", default=None, help="default: runs/learning_check/<balancer>/seed=<seed>; must not exist yet"
-    )
+    parser.add_argument("--run-dir", default=None, help="default: the preset's run dir; must hold no files")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (after --)")
     return parser.parse_args(argv)
@@ -41,12 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     from mtrl_famo.trainer import Trainer
 
     args = parse_args(argv)
-    run_dir = Path(args.run_dir or f"runs/learning_check/{args.balancer}/seed={args.seed}")
     try:
         if args.minutes <= 0:
             raise ConfigError(f"--minutes={args.minutes} is invalid; give a positive number of minutes.")
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigError(f"--run-dir {run_dir} already holds files; remove it or choose another --run-dir.")
         config = compose(
             "experiment=smoke",
             "env=mt10",
@@ -54,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             f"seed={args.seed}",
             "device=cpu",
             "progress=false",
-            f"run_dir={run_dir}",
             "steps=100000000",  # the wall-clock budget ends the run
+            *([f"run_dir='{args.run_dir}'"] if args.run_dir else []),
             *args.overrides,
         )
+        run_dir = Path(config.run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"run dir {run_dir} already holds files; remove it or choose another --run-dir.")
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

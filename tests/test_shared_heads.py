@@ -16,13 +16,13 @@ from torch import nn
 from mtrl_famo.agents.networks import is_task_specific
 from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, alpha_loss, critic_loss
 from mtrl_famo.balanced_backward import balanced_backward
-from mtrl_famo.balancers import GradientManipulation, make
+from mtrl_famo.balancers import make
 from mtrl_famo.build import build_agent, build_learner
 from mtrl_famo.config import compose
 from mtrl_famo.replay import Batch
 from mtrl_famo.task_gradients import per_task_gradients
 
-from tiny_setup import ACT, OBS, K, actor_data, critic_data
+from tiny_setup import ACT, OBS, FixedMix, K, actor_data, critic_data
 
 CASES = {"critic": (critic_loss, critic_data, "critic."), "actor": (actor_loss, actor_data, "actor.")}
 
@@ -92,16 +92,6 @@ def test_per_task_gradients_of_a_shared_head_agent_equal_k_autograd_calls(case: 
     got = torch.cat([grads[n].flatten(1) for n in params], dim=1)
     torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)
     assert torch.all(expected.norm(dim=1) > 1e-6) and not torch.allclose(expected[0], expected[1])
-
-
-class FixedMix(GradientManipulation):
-    """Records the matrix it is given and returns a fixed mix of its rows."""
-
-    MIX = (0.7, -1.3, 2.1)
-
-    def combine(self, grads: torch.Tensor) -> torch.Tensor:
-        self.seen = grads.clone()
-        return torch.tensor(self.MIX, dtype=grads.dtype) @ grads
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -17,10 +17,10 @@ from torch import nn
 from mtrl_famo.agents.networks import is_task_specific
 from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, critic_loss
 from mtrl_famo.balanced_backward import balanced_backward
-from mtrl_famo.balancers import GradientManipulation, make
+from mtrl_famo.balancers import make
 from mtrl_famo.task_gradients import per_task_gradients
 
-from tiny_setup import K, actor_data, critic_data, tiny_agent
+from tiny_setup import FixedMix, K, actor_data, critic_data, tiny_agent
 
 TOLERANCE = {torch.float64: dict(rtol=1e-7, atol=1e-9), torch.float32: dict(rtol=1e-4, atol=1e-5)}
 
@@ -101,16 +101,6 @@ def test_per_task_gradients_tasks_really_differ() -> None:
     trunk = grads["critic.q1.trunk.0.weight"].flatten(1)
     assert torch.all(trunk.norm(dim=1) > 1e-6)
     assert not torch.allclose(trunk[0], trunk[1])
-
-
-class FixedMix(GradientManipulation):
-    """Records the [K, D] matrix it is given and returns a fixed, non-trivial mix of its rows."""
-
-    MIX = (0.7, -1.3, 2.1)
-
-    def combine(self, grads: torch.Tensor) -> torch.Tensor:
-        self.seen = grads.clone()
-        return torch.tensor(self.MIX, dtype=grads.dtype) @ grads
 
 
 @pytest.mark.parametrize("case", list(CASES))

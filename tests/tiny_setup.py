@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mtrl_famo.agents.sac import MultiTaskSAC
+from mtrl_famo.balancers import GradientManipulation
 
 K, B, OBS, ACT = 3, 5, 4, 2  # tasks, transitions per task, observation and action sizes
 
@@ -51,3 +52,13 @@ def actor_data(dtype: torch.dtype = torch.float64, seed: int = 2) -> tuple[torch
 def loss_data(case: str) -> tuple[torch.Tensor, ...]:
     """The data of the `case` ("critic" or "actor") loss, both drawn from seed 1."""
     return critic_data(seed=1) if case == "critic" else actor_data(seed=1)
+
+
+class FixedMix(GradientManipulation):
+    """Records the [K, D] matrix it is given and returns a fixed, non-trivial mix of its rows."""
+
+    MIX = (0.7, -1.3, 2.1)
+
+    def combine(self, grads: torch.Tensor) -> torch.Tensor:
+        self.seen = grads.clone()
+        return torch.tensor(self.MIX, dtype=grads.dtype) @ grads
