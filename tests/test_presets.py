@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from mtrl_famo.agents.networks import is_task_specific
 from mtrl_famo.config import CONFIG_DIR, compose
 from mtrl_famo.trainer import Trainer
 
@@ -74,7 +75,11 @@ def test_preset_composes_to_what_its_file_says(name: str) -> None:
 def test_preset_trains_a_few_hundred_steps_on_two_tasks(name: str, tmp_path: Path) -> None:
     config = compose(f"experiment={name}", *TINY, f"run_dir={tmp_path / name}")
     torch.manual_seed(0)
-    summary = Trainer(config).train()
+    trainer = Trainer(config)
+    if name == "cagrad_paper":  # one head and one temperature: nothing has a task axis
+        assert not [n for n, _ in trainer.agent.named_parameters() if is_task_specific(n)]
+        assert trainer.agent.temperature.shape == (1,) and trainer.env.obs_dim == 39
+    summary = trainer.train()
     assert summary["complete"] and summary["env_steps"] == 300
     assert set(summary["eval_success_rate_per_task"]) == {"reach-v3", "push-v3"}
     # Saved at the end only where the run ends on an episode boundary (the exact resume points).
