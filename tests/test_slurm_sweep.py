@@ -196,8 +196,8 @@ def test_report_of_the_sweep_matches_its_event_files(sweep: Path, tmp_path: Path
     # Precondition (success scripted from real returns by tests/hooks): the numbers compared above
     # are not all the same value, so a report that mixed them up could not match.
     assert len(set(every_final_and_best)) > 1
-    rows = [line for line in (tmp_path / REPORT_MD).read_text().splitlines() if line.startswith("| custom |")]
-    assert [row.split("|")[2].strip() for row in rows] == ["famo", "mtsac"]
+    rows = [line for line in (tmp_path / REPORT_MD).read_text().splitlines() if line.startswith("| none | custom |")]
+    assert [row.split("|")[3].strip() for row in rows] == ["famo", "mtsac"]  # experiment | env | balancer
     assert (tmp_path / CURVES_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
