@@ -10,6 +10,7 @@ import torch
 from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, alpha_loss, critic_loss
 from mtrl_famo.balanced_backward import BackwardResult, ConflictStats, balanced_backward, conflict_stats
 from mtrl_famo.balancers import Balancer
+from mtrl_famo.optim import load_adam_state, make_adam
 from mtrl_famo.replay import Batch
 
 BALANCED_LOSSES = ("critic", "actor")
@@ -68,11 +69,14 @@ class SACLearner:
             "actor": {n: p for n, p in named.items() if n.startswith("actor.")},
         }
         self.optimizers = {
-            "critic": torch.optim.Adam(self.params["critic"].values(), lr=lr),
-            "actor": torch.optim.Adam(self.params["actor"].values(), lr=lr),
-            "alpha": torch.optim.Adam([agent.temperature], lr=lr),
+            "critic": make_adam(self.params["critic"].values(), lr),
+            "actor": make_adam(self.params["actor"].values(), lr),
+            "alpha": make_adam([agent.temperature], lr),
         }
         self.num_updates = 0
+        # The update's pure tensor functions: mtrl_famo.compiled_update may swap in compiled ones.
+        self.loss_fns = {"critic": critic_loss, "actor": actor_loss}
+        self.td_target = agent.td_target
 
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
         shape = (*like.shape[:-1], self.agent.action_dim)
@@ -90,15 +94,15 @@ class SACLearner:
 
     def update(self, batch: Batch, want_conflicts: bool = False) -> UpdateResult:
         agent = self.agent
-        target = agent.td_target(batch.reward, batch.next_obs, batch.terminated, self._noise(batch.next_obs))
-        critic = self._balanced_step("critic", critic_loss, (batch.obs, batch.action, target))
+        target = self.td_target(batch.reward, batch.next_obs, batch.terminated, self._noise(batch.next_obs))
+        critic = self._balanced_step("critic", self.loss_fns["critic"], (batch.obs, batch.action, target))
         conflicts: dict[str, ConflictStats] = {}
         if want_conflicts and critic.shared_grads is not None:
             conflicts["critic"] = conflict_stats(critic.shared_grads)
 
         actor_losses = alpha_losses = torch.full_like(critic.losses, float("nan"))
         if self.num_updates % self.actor_update_every == 0:
-            actor = self._balanced_step("actor", actor_loss, (batch.obs, self._noise(batch.obs)))
+            actor = self._balanced_step("actor", self.loss_fns["actor"], (batch.obs, self._noise(batch.obs)))
             actor_losses = actor.losses
             if want_conflicts and actor.shared_grads is not None:
                 conflicts["actor"] = conflict_stats(actor.shared_grads)
@@ -122,7 +126,7 @@ class SACLearner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+            load_adam_state(opt, state["optimizers"][name])
         for name, balancer in self.balancers.items():
             balancer.load_state_dict(state["balancers"][name])
         self.num_updates = int(state["num_updates"])

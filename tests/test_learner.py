@@ -467,3 +467,29 @@ def test_famo_gets_losses_before_then_after_the_critic_step():
         logits, m, v = hand_famo(logits, m, v, i + 1, before.numpy(), after.numpy(), w_lr, gamma)
         np.testing.assert_allclose(famo.logits.detach().double().numpy(), logits, rtol=0, atol=1e-5)
         assert np.abs(logits).max() > 0.5 * w_lr  # the logits did move
+
+
+def test_adam_state_of_an_unfused_checkpoint_loads_into_fused_adam_and_steps_alike() -> None:
+    """A checkpoint written before fused Adam (`fused: None` in its param groups) resumes with the
+    learner's fused Adam, not the saved flag, and steps as the plain Adam it was saved from."""
+    from mtrl_famo.optim import load_adam_state, make_adam
+
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    plain = torch.optim.Adam(weights, lr=1e-2)
+    for _ in range(3):
+        for w in weights:
+            w.grad = torch.randn_like(w)
+        plain.step()
+    saved = copy.deepcopy(plain.state_dict())  # a checkpoint's copy, not the live moments
+    copies = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    fused = make_adam(copies, 1e-2)
+    load_adam_state(fused, saved)
+    assert fused.param_groups[0]["fused"] is True
+    grads = [torch.randn_like(w) for w in weights]
+    for w, c, g in zip(weights, copies, grads):
+        w.grad, c.grad = g.clone(), g.clone()
+    plain.step()
+    fused.step()
+    for w, c in zip(weights, copies):
+        torch.testing.assert_close(c, w)
