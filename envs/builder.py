@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -11,12 +13,15 @@ import gymnasium as gym
 import numpy as np
 
 from mtrl_famo.envs.step import VectorStep, normalise_step
+from mtrl_famo.envs.workers import WorkerVectorEnv
 
 BENCHMARKS = ("mt10", "mt50", "mt1", "custom")
 # Every Metaworld v3 task observes 39 numbers (plus the task one-hot when one_hot) and acts in 4.
 METAWORLD_OBS_DIM = 39
 METAWORLD_ACTION_DIM = 4
-VECTOR_STRATEGIES = ("sync", "async")
+# sync: every sub-env in this process; async: gymnasium's AsyncVectorEnv, one process per task;
+# workers: `env.workers` processes, each stepping a contiguous group of tasks (envs/workers.py).
+VECTOR_STRATEGIES = ("sync", "async", "workers")  # keys of VECTORIZERS (below)
 # random: each reset draws one of the task's 50 goals (Metaworld's default).
 # fixed: one goal per task, drawn once from the seed and kept (the published mtrl runs).
 GOALS = ("random", "fixed")
@@ -50,6 +55,7 @@ class EnvSpec:
     name: str
     one_hot: bool
     vector_strategy: str
+    workers: int | str  # worker processes of vector_strategy=workers: a count, or "auto" (see `worker_count`)
     max_episode_steps: int
     goals: str
     reward_version: str
@@ -73,6 +79,10 @@ class EnvSpec:
             raise ValueError(
                 f"Unknown env.vector_strategy '{self.vector_strategy}'; choose one of {', '.join(VECTOR_STRATEGIES)}."
             )
+        if self.workers != "auto" and (
+            not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1
+        ):
+            raise ValueError(f"env.workers={self.workers} is invalid; choose auto or a positive integer.")
         for key, value, choices in (
             ("goals", self.goals, GOALS),
             ("reward_version", self.reward_version, REWARD_VERSIONS),
@@ -98,6 +108,15 @@ class EnvSpec:
                 raise ValueError(f"env.tasks lists a task twice: {list(self.tasks)}; each task must appear once.")
 
 
+def worker_count(workers: int | str, num_tasks: int) -> int:
+    """Worker processes for `env.workers`: at most one per task; `auto` takes the cores this process
+    may use but one, kept for the learner (and at least one): min(K, max(1, cores - 1))."""
+    if workers == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = max(1, cores - 1)
+    return min(num_tasks, int(workers))
+
+
 @dataclass
 class MultiTaskEnv:
     """A vector env whose row i is task `task_names[i]`."""
@@ -105,6 +124,7 @@ class MultiTaskEnv:
     vector: gym.vector.VectorEnv
     task_names: list[str]
     max_episode_steps: int
+    _pending_actions: np.ndarray | None = field(default=None, init=False, repr=False)
 
     @property
     def num_tasks(self) -> int:
@@ -124,7 +144,25 @@ class MultiTaskEnv:
 
     def step(self, actions: np.ndarray) -> VectorStep:
         """One step of every sub-env (row i = task i), normalised (final obs, success, flags)."""
-        return normalise_step(*self.vector.step(actions))
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Start a step and return: worker processes step while the caller works (`step_wait` ends
+        it). A vector env without a split step (sync) just keeps the actions for `step_wait`."""
+        start = getattr(self.vector, "step_async", None)
+        if start is None:
+            self._pending_actions = actions
+        else:
+            start(actions)
+
+    def step_wait(self) -> VectorStep:
+        """The step `step_async` started, normalised like `step`."""
+        actions = self._pending_actions
+        if actions is not None:
+            self._pending_actions = None
+            return normalise_step(*self.vector.step(actions))
+        return normalise_step(*self.vector.step_wait())
 
     def rng_state(self) -> list[Any]:
         """Every sub-env's random state (goal choice at reset); with `restore_rng_state` and a
@@ -137,6 +175,64 @@ class MultiTaskEnv:
 
     def close(self) -> None:
         self.vector.close()
+
+
+def sub_env_factories(spec: EnvSpec, seed: int, common: dict[str, Any]) -> list[Callable[[], gym.Env]]:
+    """One factory per task, row order, building exactly the sub-envs `build_env` builds.
+
+    MT10/MT50: what Metaworld's registered `Meta-World/MT10|MT50` does (`metaworld.make_mt_envs`):
+    one benchmark object seeded once with `seed` draws every task's 50 goals (so each task's goals
+    depend on the tasks before it), and every sub-env gets that same `seed`. Single tasks and custom
+    lists: `make_mt_envs` per task with `seed + index`, as `Meta-World/custom-mt-envs` (but seed 0 stays 0).
+    """
+    import metaworld
+
+    names = spec.task_names()
+    if spec.name in ("mt10", "mt50"):
+        benchmark = getattr(metaworld, spec.name.upper())(seed=seed)
+        return [
+            partial(
+                metaworld._init_each_env,
+                env_cls=env_cls,
+                tasks=[task for task in benchmark.train_tasks if task.env_name == name],
+                seed=seed,
+                env_id=index,
+                num_tasks=len(names),
+                **common,
+            )
+            for index, (name, env_cls) in enumerate(benchmark.train_classes.items())
+        ]
+    return [
+        partial(metaworld.make_mt_envs, task, num_tasks=len(names), env_id=index, seed=seed + index, **common)
+        for index, task in enumerate(names)
+    ]
+
+
+def _gymnasium_vector(vector_cls: type[gym.vector.VectorEnv], strategy: str) -> Vectorizer:
+    """sync/async: MT10/MT50 through Metaworld's registered vector envs, other task lists through
+    gymnasium's own vector class over `sub_env_factories`."""
+
+    def build(spec: EnvSpec, seed: int, common: dict[str, Any]) -> gym.vector.VectorEnv:
+        if spec.name in ("mt10", "mt50"):
+            return gym.make_vec(f"Meta-World/{spec.name.upper()}", vector_strategy=strategy, seed=seed, **common)
+        factories = sub_env_factories(spec, seed, common)
+        return vector_cls(factories, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+    return build
+
+
+def _worker_vector(spec: EnvSpec, seed: int, common: dict[str, Any]) -> gym.vector.VectorEnv:
+    factories = sub_env_factories(spec, seed, common)
+    return WorkerVectorEnv(factories, worker_count(spec.workers, len(factories)))
+
+
+Vectorizer = Callable[[EnvSpec, int, dict[str, Any]], gym.vector.VectorEnv]
+# env.vector_strategy -> how the vector env is built (same sub-envs and seeds for all three).
+VECTORIZERS: dict[str, Vectorizer] = {
+    "sync": _gymnasium_vector(gym.vector.SyncVectorEnv, "sync"),
+    "async": _gymnasium_vector(gym.vector.AsyncVectorEnv, "async"),
+    "workers": _worker_vector,
+}
 
 
 def build_env(spec: EnvSpec, seed: int, *, every_goal_in_turn: bool = False) -> MultiTaskEnv:
@@ -152,8 +248,6 @@ def build_env(spec: EnvSpec, seed: int, *, every_goal_in_turn: bool = False) -> 
     `Meta-World/custom-mt-envs` uses, built here because that entry point turns seed 0 into
     "unseeded" (`seed=None if not seed else seed + idx`), which would break reproducibility.
     """
-    import metaworld
-
     spec.validate()
     names = spec.task_names()
     common = dict(
@@ -164,27 +258,7 @@ def build_env(spec: EnvSpec, seed: int, *, every_goal_in_turn: bool = False) -> 
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if spec.name in ("mt10", "mt50"):
-            vector = gym.make_vec(
-                f"Meta-World/{spec.name.upper()}",
-                vector_strategy=spec.vector_strategy,
-                seed=seed,
-                **common,
-            )
-        else:
-            factories = [
-                partial(
-                    metaworld.make_mt_envs,
-                    task,
-                    num_tasks=len(names),
-                    env_id=index,
-                    seed=seed + index,
-                    **common,
-                )
-                for index, task in enumerate(names)
-            ]
-            vector_cls = gym.vector.SyncVectorEnv if spec.vector_strategy == "sync" else gym.vector.AsyncVectorEnv
-            vector = vector_cls(factories, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        vector = VECTORIZERS[spec.vector_strategy](spec, seed, common)
     if common["task_select"] == "pseudorandom":  # Metaworld's pseudorandom wrapper only cycles when asked to
         vector.call("toggle_sample_tasks_on_reset", True)
     vector.reset(seed=seed)

@@ -13,6 +13,7 @@ import torch
 from mtrl_famo import balancers
 from mtrl_famo.agents.sac import MultiTaskSAC
 from mtrl_famo.balancers import Balancer
+from mtrl_famo.compiled_update import accelerate
 from mtrl_famo.config import AgentConfig, BalancerConfig
 from mtrl_famo.learner import BALANCED_LOSSES, SACLearner
 from mtrl_famo.replay import TaskReplay
@@ -64,8 +65,9 @@ def build_learner(
     agent: MultiTaskSAC,
     generator: torch.Generator,
 ) -> SACLearner:
+    """The eager learner, with fused Adam and agent.compile / agent.cuda_graph applied (mtrl_famo.compiled_update)."""
     device = agent.temperature.device
-    return SACLearner(
+    learner = SACLearner(
         agent,
         build_balancers(balancer, agent.num_tasks, device),
         lr=agent_config.lr,
@@ -74,6 +76,7 @@ def build_learner(
         target_update_every=agent_config.target_update_every,
         generator=generator,
     )
+    return accelerate(learner, agent_config.compile, agent_config.cuda_graph)
 
 
 def build_replay(

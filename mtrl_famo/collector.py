@@ -5,6 +5,13 @@ termination (the Metaworld MT default) every task ends its episode on the same s
 such a step the simulators hold fresh resets, which the env's RNG state taken just before that
 step reproduces. So a checkpoint there needs no simulator state: only RNG states and counters
 (and the running reward scale's statistics, with env.reward_normalization=running_std).
+
+A step is split in two, `begin_step` (act, send the actions to the env) and `finish_step` (wait
+for the env, store, score), so that the trainer can update while worker processes step
+(`loop.overlap`); `step` does both. The only host/device sync per step is reading the action:
+observations, rewards, next observations and flags reach the device through reused staging
+tensors (pinned memory on CUDA) and `non_blocking` copies. Reusing them is safe because each step's
+action read waits for every copy issued before it.
 """
 
 from __future__ import annotations
@@ -21,8 +28,31 @@ from mtrl_famo.envs.builder import REWARD_NORMALIZATIONS
 from mtrl_famo.replay import TaskReplay
 
 
+class Staging:
+    """A reused host tensor (pinned when the device is CUDA) and its device twin: one
+    `non_blocking` copy per use, the same code on CPU (where the copy is an ordinary one)."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device):
+        self.host = torch.zeros(shape, dtype=torch.float32, pin_memory=device.type == "cuda")
+        self.on_device = torch.zeros(shape, dtype=torch.float32, device=device)
+
+    def send(self, *columns: np.ndarray) -> torch.Tensor:
+        """Write `columns` side by side (each `[K]` or `[K, n]`) into the host tensor, copy it over."""
+        start = 0
+        for column in columns:
+            values = torch.from_numpy(np.asarray(column, dtype=np.float32).reshape(self.host.shape[0], -1))
+            self.host[:, start : start + values.shape[1]].copy_(values)
+            start += values.shape[1]
+        return self.on_device.copy_(self.host, non_blocking=True)
+
+
 class Collector:
     """Steps the vector env once per call, stores the transition of every task, scores episodes.
+
+    One step is `begin_step` (draw the action from the current policy, or uniformly in the warm-up;
+    send it to the env) then `finish_step` (wait for the env, store the transition, score episodes).
+    Whatever runs between the two (the overlapped updates) sees a replay without this step's
+    transition. The action draw is this step's only use of `generator`.
 
     `reward_normalization` (env.reward_normalization): `none` stores raw rewards; `running_std`
     stores each task's reward divided by its running standard deviation (`RunningRewardScale`,
@@ -60,6 +90,10 @@ class Collector:
         self.episode_step = 0
         self._env_rng_before_reset: list[Any] | None = None
         self.reward_scale = RunningRewardScale(env.num_tasks) if reward_normalization == "running_std" else None
+        self._obs_stage = Staging((env.num_tasks, env.obs_dim), device)
+        # next_obs | reward | terminated, side by side: one copy per step.
+        self._result_stage = Staging((env.num_tasks, env.obs_dim + 2), device)
+        self._pending: tuple[torch.Tensor, torch.Tensor, list[Any] | None] | None = None
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """Uniform random actions for the first `warmup_steps` steps, then a policy sample."""
@@ -72,15 +106,31 @@ class Collector:
         return action.squeeze(1)
 
     def step(self) -> VectorStep:
-        """One vector step: act, step, store (terminated only: truncation bootstraps), score.
+        """One vector step: act, step, store (terminated only: truncation bootstraps), score."""
+        self.begin_step()
+        return self.finish_step()
 
-        The replay gets the (possibly scaled) training reward, the episode tracker the raw one.
-        """
-        obs = torch.as_tensor(self.obs, device=self.device)
+    def begin_step(self) -> None:
+        """Act on the current obs and send the actions to the env, which steps while the caller works."""
+        if self._pending is not None:
+            raise RuntimeError("begin_step() was called twice without finish_step() in between.")
+        obs = self._obs_stage.send(self.obs)
         action = self.act(obs)
         ends_episode = self.episode_step + 1 == self.env.max_episode_steps
         env_rng = self.env.rng_state() if ends_episode else None
-        result = self.env.step(action.cpu().numpy())
+        self.env.step_async(action.cpu().numpy())  # the step's one host/device sync: reading the action
+        self._pending = (obs, action, env_rng)
+
+    def finish_step(self) -> VectorStep:
+        """Wait for the step `begin_step` started; store it and score the episodes.
+
+        The replay gets the (possibly scaled) training reward, the episode tracker the raw one.
+        """
+        if self._pending is None:
+            raise RuntimeError("finish_step() was called without begin_step() before it.")
+        obs, action, env_rng = self._pending
+        self._pending = None
+        result = self.env.step_wait()
         self.episode_step += 1
         if result.done.all():
             self.episode_step = 0
@@ -88,12 +138,14 @@ class Collector:
         elif result.done.any():  # episodes no longer aligned across tasks: no exact resume point
             self._env_rng_before_reset = None
         reward = result.reward if self.reward_scale is None else self.reward_scale(result.reward)
+        staged = self._result_stage.send(result.next_obs, reward, result.terminated)
+        obs_dim = self.env.obs_dim
         self.replay.add(
             obs=obs,
             action=action,
-            reward=torch.as_tensor(reward, dtype=torch.float32, device=self.device),
-            next_obs=torch.as_tensor(result.next_obs, device=self.device),
-            terminated=torch.as_tensor(result.terminated, dtype=torch.float32, device=self.device),
+            reward=staged[:, obs_dim],
+            next_obs=staged[:, :obs_dim],
+            terminated=staged[:, obs_dim + 1],
         )
         self.episodes.record(result.reward, result.success, result.done)
         self.obs = result.obs

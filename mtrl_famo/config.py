@@ -49,6 +49,8 @@ class AgentConfig:
     init_temperature: float
     log_std_min: float
     log_std_max: float
+    compile: bool | str  # auto | true | false (mtrl_famo.compiled_update resolves auto)
+    cuda_graph: bool | str  # auto | true | false
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,11 @@ class TrainConfig:
     eval_every: int
     eval_episodes: int
     eval_protocol: str
+    eval_background: bool
     log_every: int
     conflicts_every: int
     checkpoint_every: int
+    overlap: bool
 
 
 # Where each plain TrainConfig field sits in the config tree.
@@ -92,11 +96,14 @@ FIELD_KEYS: dict[str, tuple[str, ...]] = {
     "eval_every": ("eval", "every"),
     "eval_episodes": ("eval", "episodes"),
     "eval_protocol": ("eval", "protocol"),
+    "eval_background": ("eval", "background"),
     "log_every": ("log", "every"),
     "conflicts_every": ("log", "conflicts_every"),
     "checkpoint_every": ("checkpoint", "every"),
+    "overlap": ("loop", "overlap"),
 }
-SECTIONS = ("env", "agent", "balancer", "eval", "log", "checkpoint")
+FIELD_OF = {keys: field for field, keys in FIELD_KEYS.items() if len(keys) == 2}  # (section, key) -> field
+SECTIONS = ("env", "agent", "balancer", "eval", "log", "checkpoint", "loop")
 ENV_EXTRA_KEYS = ("task",)  # env=mt1's single task name, read through `tasks: ["${env.task}"]`
 
 
@@ -147,7 +154,7 @@ def from_dict(cfg: dict[str, Any]) -> TrainConfig:
         "balancer": _section(top["balancer"], "balancer", _names(BalancerConfig)),
         **{
             name: _section(top[name], name, [keys[1] for keys in FIELD_KEYS.values() if keys[0] == name])
-            for name in ("eval", "log", "checkpoint")
+            for name in ("eval", "log", "checkpoint", "loop")
         },
     }
     check_scalar_types(sections)
@@ -157,6 +164,7 @@ def from_dict(cfg: dict[str, Any]) -> TrainConfig:
         tasks=tuple(str(t) for t in env_cfg["tasks"] or ()),
         one_hot=bool(env_cfg["one_hot"]),
         vector_strategy=str(env_cfg["vector_strategy"]),
+        workers=env_cfg["workers"],
         max_episode_steps=int(env_cfg["max_episode_steps"]),
         goals=str(env_cfg["goals"]),
         reward_version=str(env_cfg["reward_version"]),
@@ -189,14 +197,25 @@ def check_scalar_types(sections: dict[str, dict[str, Any]]) -> None:
         (
             "env",
             EnvSpec,
-            ("one_hot", "vector_strategy", "max_episode_steps", "goals", "reward_version", "reward_normalization"),
+            (
+                "one_hot",
+                "vector_strategy",
+                "workers",
+                "max_episode_steps",
+                "goals",
+                "reward_version",
+                "reward_normalization",
+            ),
         ),
+        ("eval", TrainConfig, ("background",)),
+        ("loop", TrainConfig, ("overlap",)),
     ):
         hints = typing.get_type_hints(cls)
         for key in keys:
             value = sections[section][key]
-            if not matches(value, hints[key]):
-                raise ConfigError(f"{section}.{key}={value!r} is invalid; it must be {describe(hints[key])}.")
+            hint = hints[FIELD_OF.get((section, key), key)]
+            if not matches(value, hint):
+                raise ConfigError(f"{section}.{key}={value!r} is invalid; it must be {describe(hint)}.")
 
 
 def check_device(device: str) -> None:
@@ -305,6 +324,12 @@ def validate(config: TrainConfig) -> None:
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from None
     check_positive_losses(balancer, built)
+    from mtrl_famo.compiled_update import check_config  # late: it imports the learner and balancers
+
+    try:
+        check_config(agent.compile, agent.cuda_graph, config.device, balancer.name, balancer.apply_to)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
     from mtrl_famo.memory import check_memory  # late: mtrl_famo.memory imports this module
 

@@ -27,7 +27,7 @@ from mtrl_famo.atomic import write_text_atomic
 from mtrl_famo.build import build_agent
 from mtrl_famo.config import ConfigError, TrainConfig, from_dict
 from mtrl_famo.evaluator import Evaluator
-from mtrl_famo.run_files import CONFIG_FILE, EVALUATIONS_DIR
+from mtrl_famo.run_files import CONFIG_FILE, EVALUATIONS_DIR, SPEED_KEYS_OF_OLDER_RUNS
 from mtrl_famo.seeding import resolve_device
 from mtrl_famo.train import check_run_dir
 
@@ -143,6 +143,9 @@ def check(argv: list[str]) -> Request:
         raise ConfigError(f"{config_path} cannot be read ({type(error).__name__}); restore it from the run.") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{config_path} is not a config (a mapping of keys); restore it from the run.")
+    for key, value in SPEED_KEYS_OF_OLDER_RUNS.items():  # a run written before these keys existed
+        group, leaf = key.split(".")
+        saved.setdefault(group, {}).setdefault(leaf, value)
     config = from_dict(apply_overrides(saved, list(args.overrides)))
     try:
         state = checkpoint.load_latest(run_dir, map_location="cpu")

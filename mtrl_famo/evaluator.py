@@ -1,16 +1,27 @@
-"""Periodic deterministic evaluation on an env of its own, whose goal RNG is part of a checkpoint."""
+"""Periodic deterministic evaluation on an env of its own, whose goal RNG is part of a checkpoint.
+
+`Evaluator` evaluates in the calling process (training waits); `mtrl_famo.background_eval` runs the
+same `Evaluator` in a worker process. Both offer `submit(step)`, `wait()`, `collect()` and `last`,
+which is all the trainer uses, so it does not care which one it holds.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from mtrl_famo.agents.sac import MultiTaskSAC
+from mtrl_famo.agents.networks import Actor
 from mtrl_famo.envs import EnvSpec, EvalResult, MultiTaskEnv, build_env
 from mtrl_famo.envs.evaluation import PROTOCOLS
+
+
+class HasActor(Protocol):
+    """What the evaluator needs of an agent (a MultiTaskSAC, or a worker's bare actor)."""
+
+    actor: Actor
 
 
 class Evaluator:
@@ -18,7 +29,7 @@ class Evaluator:
     `mtrl_famo.envs.evaluation.PROTOCOLS`); the env is built on first use, as the protocol needs it."""
 
     def __init__(
-        self, spec: EnvSpec, seed: int, episodes: int, agent: MultiTaskSAC, device: torch.device, *, protocol: str
+        self, spec: EnvSpec, seed: int, episodes: int, agent: HasActor, device: torch.device, *, protocol: str
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"Unknown eval.protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}.")
@@ -30,6 +41,7 @@ class Evaluator:
         self.protocol = PROTOCOLS[protocol]
         self.env: MultiTaskEnv | None = None
         self.last: EvalResult | None = None
+        self._finished: list[tuple[int, EvalResult]] = []
 
     def _env(self) -> MultiTaskEnv:
         if self.env is None:
@@ -44,6 +56,18 @@ class Evaluator:
     def run(self) -> EvalResult:
         self.last = self.protocol.evaluate(self.policy, self._env(), self.episodes)
         return self.last
+
+    def submit(self, step: int) -> None:
+        """Evaluate the current policy now, for `step`; `collect` hands the result over."""
+        self._finished.append((step, self.run()))
+
+    def wait(self) -> None:
+        """Nothing to wait for: `submit` has finished each evaluation before it returned."""
+
+    def collect(self, wait: bool = False) -> list[tuple[int, EvalResult]]:
+        """The (step, result) of each evaluation finished since the last call, oldest first."""
+        finished, self._finished = self._finished, []
+        return finished
 
     def state_dict(self) -> dict[str, Any]:
         """The eval env's RNG (for metaworld also its goal shuffles and their position) and the last result."""

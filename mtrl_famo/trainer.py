@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from mtrl_famo import checkpoint
 from mtrl_famo.atomic import write_text_atomic
+from mtrl_famo.background_eval import BackgroundEvaluator
 from mtrl_famo.build import build_agent, build_learner, build_replay
 from mtrl_famo.collector import Collector
 from mtrl_famo.config import TrainConfig
@@ -27,7 +28,30 @@ from mtrl_famo.run_files import CONFIG_FILE, SUMMARY_FILE
 from mtrl_famo.seeding import resolve_device, restore_rng_state, rng_state, seed_everything
 
 # Options that may change between a checkpoint and its resumption without changing the run.
-RESUMABLE_CHANGES = ("steps", "progress", "device", "run_dir", "checkpoint_every")
+# A dotted key names a key of a config group (agent.compile: speed layers that change no result).
+RESUMABLE_CHANGES = (
+    "steps",
+    "progress",
+    "device",
+    "run_dir",
+    "checkpoint_every",
+    "eval_background",
+    "agent.compile",
+    "agent.cuda_graph",
+    "env.vector_strategy",  # every strategy steps the same sub-envs bit for bit
+    "env.workers",
+)
+# What a checkpoint's config written before a key existed means (the loop was sequential then).
+LEGACY_RUN_CONFIG = {"overlap": False}
+
+
+def comparable_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's config (`dataclasses.asdict` of its TrainConfig, or a checkpoint's copy of it) without
+    RESUMABLE_CHANGES, keys missing from an older checkpoint read as LEGACY_RUN_CONFIG says."""
+    values = {**LEGACY_RUN_CONFIG, **values}
+    for group, key in (dotted.split(".") for dotted in RESUMABLE_CHANGES if "." in dotted):
+        values[group] = {k: v for k, v in values[group].items() if k != key}
+    return {key: value for key, value in values.items() if key not in RESUMABLE_CHANGES}
 
 
 class Trainer:
@@ -53,9 +77,15 @@ class Trainer:
             self.device,
             reward_normalization=config.env.reward_normalization,
         )
-        self.evaluator = Evaluator(
-            config.env, config.seed, config.eval_episodes, self.agent, self.device, protocol=config.eval_protocol
-        )
+        self.evaluator: Evaluator | BackgroundEvaluator
+        if config.eval_background:  # same results, computed in a worker process while training goes on
+            self.evaluator = BackgroundEvaluator(
+                config.env, config.seed, config.eval_episodes, self.agent.actor, protocol=config.eval_protocol
+            )
+        else:
+            self.evaluator = Evaluator(
+                config.env, config.seed, config.eval_episodes, self.agent, self.device, protocol=config.eval_protocol
+            )
         self.metrics = TrainMetrics()
         self._last_checkpoint_step = 0
 
@@ -66,9 +96,27 @@ class Trainer:
 
     # ----- one vector step ----------------------------------------------------------------
     def step(self) -> None:
-        """Collect one vector step, then `updates_per_step` updates once the warm-up is over."""
-        self.collector.step()
-        if self.env_step <= self.config.agent.warmup_steps:
+        """One vector step and, once the warm-up is over, its `updates_per_step` updates.
+
+        `loop.overlap=false`: act, step, store transition t, update (the replay holds t).
+        `loop.overlap=true`: act, send a_t to the env, update while the env (its worker processes)
+        steps, then wait and store t: the updates sample a replay without transition t, and the
+        first step of a run without warm-up does not update (its replay is empty). Everything
+        else is the same: the policy acting at t is the one after step t-1's updates, and the
+        shared generator is drawn in the same order (the action, then the updates' samples).
+        """
+        step = self.env_step + 1  # the step being collected, counted from 1
+        if not self.config.overlap:
+            self.collector.step()
+            self._update(step)
+            return
+        self.collector.begin_step()
+        self._update(step, replay_ready=self.replay.size > 0)
+        self.collector.finish_step()
+
+    def _update(self, step: int, *, replay_ready: bool = True) -> None:
+        """The `updates_per_step` updates of vector step `step`, none in the warm-up."""
+        if step <= self.config.agent.warmup_steps or not replay_ready:
             return
         started = time.perf_counter()
         results = []
@@ -89,13 +137,25 @@ class Trainer:
             self.config.balancer.apply_to,
         )
 
-    def evaluate(self, writer: MetricsWriter) -> float:
-        result = self.evaluator.run()
-        writer.evaluation(result, self.env_step)
-        writer.flush()
-        return result.mean_success_rate
+    def evaluate(self, writer: MetricsWriter, bar: tqdm | None = None) -> None:
+        """Evaluate the policy of this step: at once (`eval.background=false`), or in the background
+        evaluator's worker while training goes on; either way its result is logged at this step."""
+        self.evaluator.submit(self.env_step)
+        self.log_evaluations(writer, bar)
+
+    def log_evaluations(self, writer: MetricsWriter, bar: tqdm | None = None, *, wait: bool = False) -> None:
+        """Log each evaluation that has finished (with `wait`: all of them) at the step it evaluated;
+        the progress bar shows the latest."""
+        finished = self.evaluator.collect(wait=wait)
+        for step, result in finished:
+            writer.evaluation(result, step)
+        if finished:
+            writer.flush()
+            if bar is not None:
+                bar.set_postfix(eval_success=f"{finished[-1][1].mean_success_rate:.2f}")
 
     def summary(self) -> dict[str, Any]:
+        self.evaluator.wait()  # the final evaluation may still be running in the background
         result = self.evaluator.last
         return {
             "env_steps": self.env_step,
@@ -114,8 +174,7 @@ class Trainer:
         return every > 0 and self.env_step // every > self._last_checkpoint_step // every
 
     def _comparable_config(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self.config)
-        return {key: value for key, value in values.items() if key not in RESUMABLE_CHANGES}
+        return comparable_config(dataclasses.asdict(self.config))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs; only valid at the collector's resume points."""
@@ -131,7 +190,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved, current = state["config"], self._comparable_config()
+        saved, current = comparable_config(state["config"]), self._comparable_config()
         if saved != current:
             key = next(k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k))
             raise checkpoint.CheckpointError(
@@ -192,19 +251,22 @@ class Trainer:
                 while self.env_step < config.steps:
                     self.step()
                     bar.update(1)
+                    self.log_evaluations(writer, bar)  # a background evaluation, as soon as it is ready
                     if self.env_step % config.log_every == 0:
                         self.log_train(writer)
                     if self.env_step % config.eval_every == 0 or self.env_step == config.steps:
-                        bar.set_postfix(eval_success=f"{self.evaluate(writer):.2f}")
+                        self.evaluate(writer, bar)
                     at_resume_point = self.collector.at_resume_point
                     if at_resume_point and (guard.pending is not None or self._checkpoint_due()):
+                        self.log_evaluations(writer, bar, wait=True)  # a resumed run does not redo them
                         writer.flush()
                         self.save_checkpoint()
                         guard.hand_over()
                     if at_resume_point and deadline is not None and time.monotonic() >= deadline:
                         if self.env_step % config.eval_every != 0:  # not evaluated at this step yet
-                            bar.set_postfix(eval_success=f"{self.evaluate(writer):.2f}")
+                            self.evaluate(writer, bar)
                         break
+                self.log_evaluations(writer, bar, wait=True)
                 if self.collector.at_resume_point and self._last_checkpoint_step != self.env_step:
                     writer.flush()
                     self.save_checkpoint()  # a finished run re-launched (e.g. re-queued) stays finished

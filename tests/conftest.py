@@ -91,6 +91,7 @@ def two_task_env():
             max_episode_steps=3,
             one_hot=True,
             vector_strategy="sync",
+            workers=1,
         ),
         seed=0,
     )

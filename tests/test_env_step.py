@@ -28,6 +28,7 @@ def test_one_hot_can_be_switched_off():
             one_hot=False,
             max_episode_steps=3,
             vector_strategy="sync",
+            workers=1,
         ),
         seed=1,
     )
@@ -126,6 +127,7 @@ def test_evaluation_on_real_env_matches_a_hand_count():
         max_episode_steps=3,
         one_hot=True,
         vector_strategy="sync",
+        workers=1,
     )
     policy = lambda obs: np.full((2, 4), 0.3, dtype=np.float32)  # noqa: E731
     env, twin = build_env(spec, seed=0), build_env(spec, seed=0)
@@ -157,6 +159,7 @@ def test_evaluation_on_real_env_matches_a_hand_count():
                 name="mt11",
                 one_hot=True,
                 vector_strategy="sync",
+                workers=1,
                 max_episode_steps=500,
             ),
             "Unknown env 'mt11'",
@@ -170,6 +173,7 @@ def test_evaluation_on_real_env_matches_a_hand_count():
                 tasks=("reach-v9",),
                 one_hot=True,
                 vector_strategy="sync",
+                workers=1,
                 max_episode_steps=500,
             ),
             "Unknown Metaworld task 'reach-v9'",
@@ -183,6 +187,7 @@ def test_evaluation_on_real_env_matches_a_hand_count():
                 tasks=(),
                 one_hot=True,
                 vector_strategy="sync",
+                workers=1,
                 max_episode_steps=500,
             ),
             "non-empty env.tasks",
@@ -194,6 +199,7 @@ def test_evaluation_on_real_env_matches_a_hand_count():
                 reward_normalization="none",
                 name="mt10",
                 vector_strategy="threads",
+                workers=1,
                 one_hot=True,
                 max_episode_steps=500,
             ),
@@ -208,6 +214,7 @@ def test_evaluation_on_real_env_matches_a_hand_count():
                 max_episode_steps=600,
                 one_hot=True,
                 vector_strategy="sync",
+                workers=1,
             ),
             "max_episode_steps=600",
         ),

@@ -61,6 +61,7 @@ def mt50_env():
             name="mt50",
             one_hot=True,
             vector_strategy="sync",
+            workers=1,
             max_episode_steps=500,
         ),
         seed=0,
@@ -80,6 +81,7 @@ def test_mt10_row_i_is_task_i():
             name="mt10",
             one_hot=True,
             vector_strategy="sync",
+            workers=1,
             max_episode_steps=500,
         ),
         seed=0,
@@ -116,6 +118,7 @@ def test_custom_rows_follow_the_given_order():
             max_episode_steps=3,
             one_hot=True,
             vector_strategy="sync",
+            workers=1,
         ),
         seed=0,
     )
@@ -165,6 +168,7 @@ def two_runs():
                 tasks=("reach-v3", "push-v3"),
                 one_hot=True,
                 vector_strategy=strategy,
+                workers=1,
                 max_episode_steps=HORIZON,
             )
             env = build_env(spec, seed=ASYNC_SEED)

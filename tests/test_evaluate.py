@@ -39,6 +39,7 @@ def spec(max_episode_steps: int, goals: str = "random") -> EnvSpec:
         tasks=TASKS,
         one_hot=True,
         vector_strategy="sync",
+        workers=1,
         max_episode_steps=max_episode_steps,
         goals=goals,
         reward_version="v2",
@@ -312,3 +313,21 @@ def test_evaluate_cli_refuses_bad_input(tiny_run, tmp_path, capsys, args, messag
     assert captured.err.startswith("error: ") and captured.err.endswith(".\n") and captured.err.count("\n") == 1
     assert message in captured.err, captured.err
     assert {path: file_hashes(path) for path in before} == before  # nothing written or changed
+
+
+def test_evaluate_cli_reads_a_run_written_before_the_speed_keys(tiny_run, tmp_path, capsys):
+    """A config.yaml without env.workers, loop, eval.background, agent.compile/cuda_graph (runs from
+    before issue 13) evaluates like today's: those keys change no evaluation."""
+    import shutil
+
+    old_run = tmp_path / "old_run"
+    shutil.copytree(tiny_run, old_run, ignore=shutil.ignore_patterns("evaluations"))
+    saved = OmegaConf.to_container(OmegaConf.load(old_run / "config.yaml"))
+    del saved["env"]["workers"], saved["loop"], saved["eval"]["background"]
+    del saved["agent"]["compile"], saved["agent"]["cuda_graph"]
+    (old_run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    assert cli([str(old_run), "--json", "--out", str(tmp_path / "old.json")]) == 0
+    assert cli([str(tiny_run), "--json", "--out", str(tmp_path / "new.json")]) == 0
+    capsys.readouterr()
+    old, new = (json.loads((tmp_path / name).read_text()) for name in ("old.json", "new.json"))
+    assert old["tasks"] == new["tasks"] and old["env_step"] == new["env_step"]

@@ -43,6 +43,8 @@ def agent_config(
         init_temperature=1.0,
         log_std_min=-20.0,
         log_std_max=2.0,
+        compile="auto",
+        cuda_graph="auto",
     )
 
 
@@ -164,6 +166,7 @@ def test_env_dims_match_a_real_metaworld_env(two_task_env) -> None:
         max_episode_steps=3,
         one_hot=True,
         vector_strategy="sync",
+        workers=1,
     )
     assert spec.dims() == (two_task_env.obs_dim, two_task_env.action_dim) == (41, 4)
     assert EnvSpec(
@@ -174,5 +177,6 @@ def test_env_dims_match_a_real_metaworld_env(two_task_env) -> None:
         tasks=("reach-v3", "push-v3"),
         one_hot=False,
         vector_strategy="sync",
+        workers=1,
         max_episode_steps=500,
     ).dims() == (39, 4)

@@ -34,6 +34,7 @@ PAPER_RUN = [
     "experiment=cagrad_paper",
     "env=custom",
     f"env.tasks=[{','.join(TASKS)}]",
+    "env.vector_strategy=sync",  # in-process sub-envs: StepSpy wraps `vector.step`, goals read from `vector.envs`
     "agent.hidden_dim=16",
     "agent.num_layers=1",
     "agent.warmup_steps=50",
@@ -106,7 +107,8 @@ def metaworld_goals(trainer: Trainer) -> np.ndarray:
 def paper_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A straight run of the preset to STEPS, recorded (it is also the resume test's reference)."""
     run_dir = tmp_path_factory.mktemp("paper") / "run"
-    trainer = Trainer(compose(*PAPER_RUN, f"steps={STEPS}", f"run_dir={run_dir}"))
+    # eval.background=false: the evaluation policy is spied on in this process
+    trainer = Trainer(compose(*PAPER_RUN, f"steps={STEPS}", f"run_dir={run_dir}", "eval.background=false"))
     spy = StepSpy(trainer)
     eval_obs = record_eval_obs(trainer)
     record = {"trainer": trainer, "run_dir": run_dir, "first_obs": trainer.collector.obs.copy()}
@@ -241,6 +243,7 @@ def test_random_goals_change_across_resets_in_training_and_evaluation(tmp_path: 
             f"env.max_episode_steps={horizon}",
             f"eval.episodes={episodes}",
             "agent.warmup_steps=100",  # no updates: only the env is under test
+            "eval.background=false",  # the evaluation policy is spied on in this process
             f"run_dir={tmp_path / 'run'}",
         )
     )

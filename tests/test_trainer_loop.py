@@ -42,6 +42,7 @@ def make_trainer(
         "env=custom",
         f"env.tasks=[{','.join(TASKS)}]",
         f"env.max_episode_steps={HORIZON}",
+        "env.vector_strategy=sync",  # in-process sub-envs: StepSpy wraps `vector.step`
         "agent.hidden_dim=16",
         "agent.num_layers=1",
         "agent.batch_size_per_task=4",

@@ -2,11 +2,68 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+# On a CUDA device a failed loss check is read by the host only every this many checks (a read
+# waits for the device): the error then comes up to this many updates late, with the first bad
+# values. On the CPU there is no device to wait for and every check is read at once.
+DEVICE_CHECK_EVERY = 100
+
+
+def reads_at_once(values: torch.Tensor) -> bool:
+    """Whether reading a check on `values` costs no device wait (CPU tensors): then it is read at once."""
+    return not values.is_cuda
+
+
+class DeferredCheck:
+    """A "these values must be positive" check that records failures on the values' device.
+
+    `__call__` never waits for a CUDA device (and does nothing host-side inside a CUDA graph
+    capture); `raise_if_failed` reads the flag and raises `message(first bad values)`.
+    """
+
+    def __init__(self, message: Callable[[list], str]):
+        self.message = message
+        self.failed: torch.Tensor | None = None  # 0-d bool on the device: any check failed so far
+        self.first_bad: torch.Tensor | None = None  # the values of the first failed check
+        self.calls = 0
+
+    def __call__(self, bad: torch.Tensor, values: torch.Tensor) -> None:
+        """Record `bad` (0-d bool) for `values`; on the CPU raise at once, on CUDA every DEVICE_CHECK_EVERY calls."""
+        values = values.detach()
+        if reads_at_once(values):
+            if bool(bad):
+                raise ValueError(self.message(values.tolist()))
+            return
+        if self.failed is None or self.failed.device != values.device:
+            self.failed = torch.zeros((), dtype=torch.bool, device=values.device)
+            self.first_bad = torch.zeros_like(values)
+        first = bad & ~self.failed
+        self.first_bad.copy_(torch.where(first, values, self.first_bad))
+        self.failed.logical_or_(bad)
+        if values.is_cuda and torch.cuda.is_current_stream_capturing():
+            return  # replays of a graph are counted by its owner, which calls `raise_if_failed`
+        self.calls += 1
+        if self.calls % DEVICE_CHECK_EVERY == 0:
+            self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        """Raise the check's one-sentence error if any recorded check failed (waits for the device)."""
+        if self.failed is not None and bool(self.failed):
+            raise ValueError(self.message(self.first_bad.tolist()))
+
+
+def _non_positive_message(label: str, why: str, what: str, bad: list) -> str:
+    return (
+        f"{label} needs every loss above zero ({why}), got {what} {bad}; "
+        f"apply {label} to the critic only (balancer.apply_to=[critic])."
+    )
 
 
 class Balancer(ABC):
@@ -22,6 +79,9 @@ class Balancer(ABC):
     needs_positive_losses: ClassVar[bool] = False
     # The option that shifts the losses, `l - option > 0` being what is then needed (None: no such option).
     loss_bound_option: ClassVar[str | None] = None
+    # Whether one update with this balancer is a fixed sequence of device work, with no host-side
+    # control flow and no host read of device values, so that `agent.cuda_graph` may capture it.
+    graph_safe: ClassVar[bool] = False
 
     def __init__(self, num_tasks: int):
         if num_tasks < 1:
@@ -33,13 +93,22 @@ class Balancer(ABC):
 
     def refuse_non_positive(self, values: torch.Tensor, label: str, why: str, what: str = "losses") -> None:
         """The runtime check of a `needs_positive_losses` method without a bound option: one sentence
-        naming the method, the values and the fix. It waits for the device, so call it once per update
-        (or less often) on everything that must be positive at once."""
-        if bool(values.le(0).any()):
-            raise ValueError(
-                f"{label} needs every loss above zero ({why}), got {what} {values.detach().tolist()}; "
-                f"apply {label} to the critic only (balancer.apply_to=[critic])."
-            )
+        naming the method, the values and the fix. On a CUDA device it is read only every
+        DEVICE_CHECK_EVERY calls (see `DeferredCheck`); call it on everything that must be positive at once."""
+        key = (label, why, what)
+        checks = self.__dict__.setdefault("_deferred_checks", {})
+        if key not in checks:
+            checks[key] = DeferredCheck(functools.partial(_non_positive_message, label, why, what))
+        checks[key](values.le(0).any(), values)
+
+    def deferred_checks(self) -> list[DeferredCheck]:
+        """The device-side checks this balancer has recorded (a CUDA graph's owner reads them)."""
+        return list(self.__dict__.get("_deferred_checks", {}).values())
+
+    def raise_if_failed(self) -> None:
+        """Raise the error of any failed device-side check (waits for the device)."""
+        for check in self.deferred_checks():
+            check.raise_if_failed()
 
     def accepts_negative_losses(self) -> bool:
         """Whether losses below zero are fine with the options this balancer was built with."""

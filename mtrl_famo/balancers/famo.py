@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mtrl_famo.balancers.base import LossWeighting
+from mtrl_famo.balancers.base import DeferredCheck, LossWeighting
 from mtrl_famo.balancers.registry import register
 
 
@@ -29,6 +29,7 @@ class FAMO(LossWeighting):
 
     needs_positive_losses = True  # log(l_i - b_i + eps)
     loss_bound_option = "min_losses"
+    graph_safe = True  # device work only: the bound check is a DeferredCheck, Adam is capturable on CUDA
 
     def __init__(
         self,
@@ -55,13 +56,17 @@ class FAMO(LossWeighting):
         self.min_losses = bounds
         self.logits = torch.zeros(num_tasks, requires_grad=True)
         self.optimizer = torch.optim.Adam([self.logits], lr=w_lr, weight_decay=gamma)
+        self.bound_check = DeferredCheck(self._bound_message)
 
     def to(self, device: torch.device | str) -> FAMO:
         state = self.optimizer.state_dict()
         self.logits = self.logits.detach().to(device).requires_grad_(True)
         self.min_losses = self.min_losses.to(device)
+        # Capturable on CUDA: its step count stays on the device, so a CUDA graph can replay it.
         self.optimizer = torch.optim.Adam(
-            [self.logits], **{k: state["param_groups"][0][k] for k in ("lr", "weight_decay")}
+            [self.logits],
+            **{k: state["param_groups"][0][k] for k in ("lr", "weight_decay")},
+            capturable=self.logits.is_cuda,
         )
         self.optimizer.load_state_dict(state)
         return self
@@ -80,16 +85,22 @@ class FAMO(LossWeighting):
     def _shifted(self, *losses: torch.Tensor) -> list[torch.Tensor]:
         """`l - b + eps` of each loss vector, refusing non-positive values (their log is undefined).
 
-        One check for all vectors: on a GPU each check waits for the device, so it runs once per call.
+        The refusal is a `DeferredCheck`: on the CPU it raises at once; on a CUDA device it never
+        waits for the device, and the error comes at most DEVICE_CHECK_EVERY updates late.
         """
         shifted = [loss - self.min_losses + self.eps for loss in losses]
-        if bool(torch.stack(shifted).le(0).any()):
-            bad = next(loss for loss, s in zip(losses, shifted) if bool(s.le(0).any()))
-            raise ValueError(
-                f"FAMO needs every loss above its min_losses bound, got losses {bad.detach().tolist()} "
-                f"with min_losses {self.min_losses.tolist()}; apply FAMO to the critic only, or lower min_losses."
-            )
+        for loss, value in zip(losses, shifted):
+            self.bound_check(value.le(0).any(), loss)
         return shifted
+
+    def _bound_message(self, bad: list) -> str:
+        return (
+            f"FAMO needs every loss above its min_losses bound, got losses {bad} "
+            f"with min_losses {self.min_losses.tolist()}; apply FAMO to the critic only, or lower min_losses."
+        )
+
+    def deferred_checks(self) -> list[DeferredCheck]:
+        return [self.bound_check]
 
     def weighted_loss(self, losses: torch.Tensor) -> torch.Tensor:
         z = self.weights()

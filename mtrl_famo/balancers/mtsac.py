@@ -12,6 +12,8 @@ from mtrl_famo.balancers.registry import register
 class MeanLoss(LossWeighting):
     """Plain multitask SAC: minimise the average task loss."""
 
+    graph_safe = True  # one mean: nothing on the host
+
     def weights(self) -> torch.Tensor:
         return torch.full((self.num_tasks,), 1.0 / self.num_tasks)
 

@@ -1,0 +1,141 @@
+"""Eager vs compiled (vs CUDA graph) update: median ms per update and the ratio to eager.
+
+    python scripts/bench_compile.py                          # mtsac and famo, smoke and default sizes
+    python scripts/bench_compile.py --threads 2 --json
+    python scripts/bench_compile.py --device cuda            # adds the graph variants
+
+Each learner is what `python -m mtrl_famo.train env=mt10 balancer=<name>` builds (compose +
+mtrl_famo.build) with `agent.compile` / `agent.cuda_graph` set per variant. Sizes are
+LAYERSxHIDDENxBATCH_PER_TASK: 2x256x64 is experiment=smoke, 3x400x128 the default agent. The
+variants of one balancer and size are timed interleaved, update by update, on the same batches,
+so their ratio holds on a noisy machine; compilation happens in the untimed warm-up updates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from mtrl_famo.build import build_agent, build_learner
+from mtrl_famo.config import ConfigError, compose
+from mtrl_famo.envs.builder import benchmark_task_names
+from mtrl_famo.learner import SACLearner
+from mtrl_famo.replay import Batch
+
+# variant -> (agent.compile, agent.cuda_graph)
+VARIANTS = {"eager": (False, False), "compiled": (True, False), "graph": (False, True), "compiled+graph": (True, True)}
+
+
+def learner_for(balancer: str, k: int, size: str, variant: str, args: argparse.Namespace) -> SACLearner:
+    layers, hidden, batch = size.split("x")
+    compile_on, graph_on = VARIANTS[variant]
+    tasks = ",".join(benchmark_task_names("mt50")[:k])
+    env = [f"env=mt{k}"] if k in (10, 50) else ["env=custom", f"env.tasks=[{tasks}]"]
+    config = compose(
+        *env,
+        f"balancer={balancer}",
+        f"device={args.device}",
+        f"agent.num_layers={layers}",
+        f"agent.hidden_dim={hidden}",
+        f"agent.batch_size_per_task={batch}",
+        f"agent.compile={str(compile_on).lower()}",
+        f"agent.cuda_graph={str(graph_on).lower()}",
+        f"agent.replay_size={k}",
+    )
+    obs_dim, action_dim = config.env.dims()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    agent = build_agent(config.agent, obs_dim, action_dim, k, device)
+    return build_learner(config.agent, config.balancer, agent, torch.Generator(device).manual_seed(0))
+
+
+def random_batch(learner: SACLearner, k: int, batch: int, device: torch.device) -> Batch:
+    obs_dim = learner.agent.critic.q1.trunk[0].in_features - learner.agent.action_dim
+    act = learner.agent.action_dim
+    return Batch(
+        obs=torch.randn(k, batch, obs_dim, device=device),
+        action=torch.rand(k, batch, act, device=device) * 2 - 1,
+        reward=torch.randn(k, batch, device=device),
+        next_obs=torch.randn(k, batch, obs_dim, device=device),
+        terminated=torch.zeros(k, batch, device=device),
+    )
+
+
+def timed(learner: SACLearner, batch: Batch, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    learner.update(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
+def bench(balancer: str, k: int, size: str, variants: list[str], args: argparse.Namespace) -> list[dict]:
+    device = torch.device(args.device)
+    learners = {variant: learner_for(balancer, k, size, variant, args) for variant in variants}
+    batches = [random_batch(learners[variants[0]], k, int(size.split("x")[2]), device) for _ in range(8)]
+    for round_ in range(args.warmup):  # compilation and graph capture happen here
+        for learner in learners.values():
+            timed(learner, batches[round_ % len(batches)], device)
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
+    for round_ in range(args.repeats):
+        for variant, learner in learners.items():
+            times[variant].append(timed(learner, batches[round_ % len(batches)], device))
+    base = statistics.median(times[variants[0]])
+    return [
+        {
+            "balancer": balancer,
+            "tasks": k,
+            "size": size,
+            "variant": variant,
+            "ms": round(statistics.median(t), 2),
+            f"ratio_to_{variants[0]}": round(statistics.median(t) / base, 3),
+        }
+        for variant, t in times.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--balancers", nargs="*", default=["mtsac", "famo"])
+    parser.add_argument("--sizes", nargs="*", default=["2x256x64", "3x400x128"], help="LAYERSxHIDDENxBATCH_PER_TASK")
+    parser.add_argument("--tasks", type=int, default=10, help="K (10 and 50 use env=mt10/mt50)")
+    parser.add_argument("--variants", nargs="*", default=None, help=f"subset of {', '.join(VARIANTS)} (eager first)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed updates per variant")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed updates per variant first (compile, capture)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per row instead of a table")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    variants = args.variants or [v for v in VARIANTS if cuda or not VARIANTS[v][1]]
+    if variants[0] != "eager" or any(v not in VARIANTS for v in variants):
+        valid = ", ".join(VARIANTS)
+        parser.exit(2, f"error: --variants {' '.join(variants)} is invalid; start with eager, then any of {valid}.\n")
+    if not args.json:
+        print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}", end=" ")
+        print(f"K={args.tasks} repeats={args.repeats}")
+        print(f"{'balancer':<8} {'size':<10} {'variant':<15} {'ms/update':>10} {'x eager':>8}")
+    for balancer in args.balancers:
+        for size in args.sizes:
+            try:
+                rows = bench(balancer, args.tasks, size, variants, args)
+            except ConfigError as error:
+                parser.exit(2, f"error: {error}\n")
+            for row in rows:
+                if args.json:
+                    print(json.dumps(row), flush=True)
+                else:
+                    ratio = row["ratio_to_eager"]
+                    print(f"{balancer:<8} {size:<10} {row['variant']:<15} {row['ms']:>10.2f} {ratio:>8.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

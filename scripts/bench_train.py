@@ -1,0 +1,214 @@
+"""End-to-end training throughput: the real loop, real Metaworld envs, real updates.
+
+    python scripts/bench_train.py                                   # MT10, mtsac and famo, the CLI's defaults
+    python scripts/bench_train.py --env mt50 --balancer famo --steps 100 --json
+    python scripts/bench_train.py --vector sync workers --overlap false true --balancer mtsac
+    python scripts/bench_train.py --balancer famo -- experiment=smoke env.workers=1
+
+Each configuration is what `python -m mtrl_famo.train env=<env> balancer=<b> ...` builds, run by
+`Trainer.train` itself (logging, evaluation cadence and the overlap of env stepping and updates
+included). After the random-action warm-up (`--warmup`, default 100 steps per task instead of the
+config's 1500, which only fills the replay) and `--skip` untimed learning steps, `--steps` vector
+steps are timed and the run is stopped. Printed per configuration:
+
+- steps_per_s: vector steps (one step of every task) per second, wall clock;
+- env_ms: main-thread time per vector step spent stepping the envs or waiting for their workers
+  (with loop.overlap the update runs while the workers step, so this is only the wait left over);
+- update_ms: time per vector step in `SACLearner.update` (on CUDA from CUDA events, device time,
+  without adding a host sync);
+- other_ms: the rest of an iteration (acting, replay writes, logging, evaluation at its cadence).
+
+Evaluation only happens inside the timed steps when `--eval-every` (eval.every) is small enough.
+The configurations of one invocation run one after another in the same process, so compare
+figures of one invocation only: this machine's load changes between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mtrl_famo.compiled_update import resolve_compile
+from mtrl_famo.config import ConfigError, TrainConfig, compose
+from mtrl_famo.trainer import Trainer
+
+
+class _Finished(Exception):
+    """Raised from inside the training loop once the timed steps are done."""
+
+
+class PhaseClock:
+    """Accumulates the time spent in wrapped calls while `active`."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.active = False
+
+    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.active:
+                return function(*args, **kwargs)
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        return timed
+
+
+class DeviceClock:
+    """Device time of wrapped calls on CUDA, from event pairs read once at the end (no per-step sync)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.active = False
+
+    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.active:
+                return function(*args, **kwargs)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                end.record()
+                self.events.append((start, end))
+
+        return timed
+
+    @property
+    def seconds(self) -> float:
+        torch.cuda.synchronize()
+        return sum(start.elapsed_time(end) for start, end in self.events) / 1e3
+
+
+def bench_config(
+    args: argparse.Namespace, balancer: str, vector: str | None, compile_: str | None, overlap: str | None
+) -> TrainConfig:
+    """The CLI's config with the benchmark's horizon; `args.overrides` (after `--`) win over the rest."""
+    steps = args.warmup + args.skip + args.steps + 1
+    overrides = [
+        f"env={args.env}",
+        f"balancer={balancer}",
+        f"device={args.device}",
+        f"agent.warmup_steps={args.warmup}",
+        f"steps={steps}",
+        f"eval.every={args.eval_every or steps}",  # at most the final one, which is never reached
+        "checkpoint.every=0",
+        "progress=false",
+    ]
+    if vector is not None:
+        overrides.append(f"env.vector_strategy={vector}")
+    if compile_ is not None:
+        overrides.append(f"agent.compile={compile_}")
+    if overlap is not None:
+        overrides.append(f"loop.overlap={overlap}")
+    return compose(*overrides, *args.overrides)
+
+
+def measure(config: TrainConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the real training loop until `args.steps` vector steps past warm-up and skip are timed."""
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as run_dir:
+        trainer = Trainer(dataclasses.replace(config, run_dir=run_dir))
+        device = trainer.device
+        env_clock = PhaseClock()
+        update_clock: PhaseClock | DeviceClock = DeviceClock() if device.type == "cuda" else PhaseClock()
+        env = trainer.env
+        for name in ("step", "step_async", "step_wait"):
+            if hasattr(env, name):
+                setattr(env, name, env_clock.wrap(getattr(env, name)))
+        trainer.learner.update = update_clock.wrap(trainer.learner.update)
+        first_timed = args.warmup + args.skip  # env_step before the first timed iteration
+        marks: dict[str, float] = {}
+        plain_step = trainer.step
+
+        def step() -> None:
+            if trainer.env_step == first_timed:
+                env_clock.active = update_clock.active = True
+                marks["start"] = time.perf_counter()
+            elif trainer.env_step == first_timed + args.steps:
+                marks["end"] = time.perf_counter()
+                env_clock.active = update_clock.active = False
+                raise _Finished
+            plain_step()
+
+        trainer.step = step
+        with contextlib.suppress(_Finished):
+            trainer.train()
+        seconds = marks["end"] - marks["start"]
+        env_ms = env_clock.seconds / args.steps * 1e3
+        update_ms = update_clock.seconds / args.steps * 1e3
+        step_ms = seconds / args.steps * 1e3
+        return {
+            "env": config.env.name,
+            "balancer": config.balancer.name,
+            "device": str(device),
+            "compile": resolve_compile(config.agent.compile, device),
+            "vector": config.env.vector_strategy,
+            "overlap": config.overlap,
+            "tasks": trainer.env.num_tasks,
+            "threads": torch.get_num_threads(),
+            "steps": args.steps,
+            "steps_per_s": round(args.steps / seconds, 2),
+            "env_ms": round(env_ms, 2),
+            "update_ms": round(update_ms, 2),
+            "other_ms": round(step_ms - env_ms - update_ms, 2),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="mt10", help="env group: mt10 | mt50 | mt1 | custom (default mt10)")
+    parser.add_argument("--balancer", nargs="+", default=["mtsac", "famo"], help="balancers (default: mtsac famo)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--vector", nargs="+", default=[None], help="env.vector_strategy values (default: config's)")
+    parser.add_argument("--compile", nargs="+", default=[None], help="agent.compile values (default: config's)")
+    parser.add_argument("--overlap", nargs="+", default=[None], help="loop.overlap values (default: config's)")
+    parser.add_argument("--steps", type=int, default=200, help="timed vector steps per configuration")
+    parser.add_argument("--warmup", type=int, default=100, help="agent.warmup_steps (random actions, untimed)")
+    parser.add_argument("--skip", type=int, default=10, help="untimed learning steps after the warm-up")
+    parser.add_argument("--eval-every", type=int, default=None, help="eval.every (default: no eval while timed)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per configuration")
+    parser.add_argument("overrides", nargs="*", help="config overrides after `--`, e.g. experiment=smoke")
+    args = parser.parse_args()
+    if args.steps < 1:
+        parser.exit(2, f"error: --steps must be at least 1, got {args.steps}.\n")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    grid = [(b, v, c, o) for b in args.balancer for v in args.vector for c in args.compile for o in args.overlap]
+    try:
+        configs = [bench_config(args, *point) for point in grid]  # bad input stops here, in one sentence
+    except ConfigError as error:
+        parser.exit(2, f"error: {error}\n")
+    header = (
+        f"{'env':<6} {'balancer':<9} {'vector':<8} {'overlap':<7} {'compile':<7} "
+        f"{'steps/s':>8} {'env ms':>7} {'upd ms':>7} {'other ms':>8}"
+    )
+    if not args.json:
+        print(f"torch={torch.__version__} threads={torch.get_num_threads()} timed steps={args.steps}")
+        print(header)
+    for config in configs:
+        row = measure(config, args)
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(
+                f"{row['env']:<6} {row['balancer']:<9} {row['vector']:<8} {row['overlap']!s:<7} {row['compile']!s:<7} "
+                f"{row['steps_per_s']:>8.1f} {row['env_ms']:>7.2f} {row['update_ms']:>7.2f} {row['other_ms']:>8.2f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
