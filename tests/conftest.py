@@ -36,6 +36,9 @@ TINY_RUN = [
     "log.every=20",
     "log.conflicts_every=5",
     "progress=false",
+    # Blocking evaluation: a background one spawns an interpreter per run (2-3 s of CPU each, dozens of
+    # runs). tests/test_background_eval.py and the CLI resume tests (tests/test_resume.py) run it.
+    "eval.background=false",
 ]
 
 

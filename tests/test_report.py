@@ -558,6 +558,7 @@ def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
     result = run_cli(
         "-m",
         *TINY_RUN,
+        "eval.every=20",  # six evaluations per run: the scripted values rise and fall (precondition below)
         "balancer=mtsac",
         "seed=0,1",
         f"hydra.sweep.dir={sweep_dir}",
@@ -570,7 +571,7 @@ def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
     assert row["seeds_complete"] == [0, 1] and report["incomplete"] == []
     # The trainer's config.yaml records every protocol setting where the report reads it.
     assert (row["experiment"], row["eval_protocol"], row["eval_episodes"]) == ("none", ["any_success"], [1])
-    assert row["protocol"]["env.max_episode_steps"] == [40] and row["protocol"]["eval.every"] == [60]
+    assert row["protocol"]["env.max_episode_steps"] == [40] and row["protocol"]["eval.every"] == [20]
     assert all(len(values) == 1 and values[0] is not None for values in row["protocol"].values())
     assert all(run["assumed"] == [] for run in report["runs"]) and report["warnings"] == []
     data = [tb_scalars(sweep_dir / "custom" / "mtsac" / f"seed={seed}", ("eval/success_rate",)) for seed in (0, 1)]
@@ -589,7 +590,7 @@ def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
     for task in ("reach-v3", "push-v3"):
         want = np.mean([d[f"eval/success_rate/{task}"][-1][1] for d in data])
         assert row["final_success_per_task"][task] == pytest.approx(want)
-    assert row["curve"]["steps"] == [60, 120]
+    assert row["curve"]["steps"] == [20, 40, 60, 80, 100, 120]
 
 
 @pytest.mark.parametrize(

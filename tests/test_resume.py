@@ -20,7 +20,8 @@ from mtrl_famo.config import compose
 from conftest import DETERMINISTIC_TAGS, TINY_RUN, run_cli, start_cli, tb_scalars, wait_for
 
 # 40-step episodes, checkpoints at every episode end: interruptions land between checkpoints.
-RESUME_RUN = [*TINY_RUN, "steps=240", "checkpoint.every=40", "log.every=10"]
+# Background evaluation (the default) on: signals and checkpoints with the eval worker alive.
+RESUME_RUN = [*TINY_RUN, "steps=240", "checkpoint.every=40", "log.every=10", "eval.background=true"]
 
 
 def interrupt_at(step: int, signum: signal.Signals, run_dir: Path, *overrides: str) -> str:
