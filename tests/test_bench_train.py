@@ -1,0 +1,60 @@
+"""scripts/bench_train.py runs the real training loop and prints the issue's keys; bench_gram_solve.py runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+KEYS = {"env", "balancer", "device", "compile", "steps_per_s", "env_ms", "update_ms", "other_ms"}
+
+
+def script(name: str, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+
+
+def test_bench_train_times_the_real_loop_and_prints_one_object_per_configuration() -> None:
+    result = script(
+        "bench_train.py",
+        *("--env", "mt1", "--balancer", "mtsac", "famo", "--overlap", "false", "true"),
+        *("--steps", "4", "--warmup", "6", "--skip", "1", "--threads", "1", "--json", "--"),
+        *("env.task=reach-v3", "env.max_episode_steps=5", "agent.hidden_dim=16", "agent.num_layers=1"),
+        *("agent.batch_size_per_task=4", "env.workers=1"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(row["balancer"], row["overlap"]) for row in rows] == [
+        ("mtsac", False),
+        ("mtsac", True),
+        ("famo", False),
+        ("famo", True),
+    ]
+    for row in rows:
+        assert set(row) >= KEYS and row["env"] == "mt1" and row["device"] == "cpu" and row["compile"] is False
+        assert row["steps"] == 4 and row["steps_per_s"] > 0 and row["env_ms"] > 0 and row["update_ms"] > 0
+        # The split adds up to the measured iteration (other = the rest, never much below zero).
+        assert abs(1e3 / row["steps_per_s"] - (row["env_ms"] + row["update_ms"] + row["other_ms"])) < 0.1
+
+
+def test_bench_train_refuses_a_bad_override_in_one_line() -> None:
+    result = script("bench_train.py", "--steps", "2", "--", "env.vector_strategy=threads")
+    assert result.returncode == 2
+    assert "env.vector_strategy" in result.stderr and "threads" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bench_gram_solve_times_every_gram_balancer() -> None:
+    result = script("bench_gram_solve.py", "--tasks", "3", "--calls", "2", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {row["balancer"] for row in rows} >= {"cagrad", "pcgrad", "nashmtl"}
+    assert all(row["ms_per_call"] > 0 for row in rows)
+    assert {row["balancer"]: row["host"] for row in rows}["pcgrad"] is False
