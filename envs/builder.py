@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -55,7 +55,7 @@ class EnvSpec:
     name: str
     one_hot: bool
     vector_strategy: str
-    workers: int | str  # worker processes of vector_strategy=workers: a count, or "auto" (see `worker_count`)
+    workers: int | Literal["auto"]  # processes of vector_strategy=workers: a count, or auto (see `worker_count`)
     max_episode_steps: int
     goals: str
     reward_version: str

@@ -11,7 +11,7 @@ import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mtrl_famo import balancers
 from mtrl_famo.agents.networks import INITS
@@ -49,8 +49,8 @@ class AgentConfig:
     init_temperature: float
     log_std_min: float
     log_std_max: float
-    compile: bool | str  # auto | true | false (mtrl_famo.compiled_update resolves auto)
-    cuda_graph: bool | str  # auto | true | false
+    compile: bool | Literal["auto"]  # mtrl_famo.compiled_update resolves auto
+    cuda_graph: bool | Literal["auto"]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ def describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(describe(arm) for arm in typing.get_args(hint))
+    if origin is typing.Literal:
+        return " or ".join(map(str, typing.get_args(hint)))
     if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence) and origin is not str:
         (item,) = typing.get_args(hint)[:1] or (Any,)
         return f"a list of {describe(item).removeprefix('a ').removeprefix('an ')}s"
@@ -30,6 +32,8 @@ def matches(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(matches(value, arm) for arm in typing.get_args(hint))
+    if origin is typing.Literal:
+        return any(type(value) is type(choice) and value == choice for choice in typing.get_args(hint))
     if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence) and origin is not str:
         if not isinstance(value, (list, tuple)):
             return False

@@ -152,8 +152,10 @@ def test_graph_safe_is_declared_per_class() -> None:
     "overrides, words",
     [
         (("agent.cuda_graph=true",), ("agent.cuda_graph=true", "CUDA device", "auto, true or false")),
-        (("agent.compile=maybe",), ("agent.compile=maybe", "auto, true or false")),
-        (("agent.cuda_graph=sometimes",), ("agent.cuda_graph=sometimes", "auto, true or false")),
+        # Caught by the config's type check first (the key's hint is bool | Literal["auto"]).
+        (("agent.compile=maybe",), ("agent.compile='maybe'", "true or false or auto")),
+        (("agent.cuda_graph=sometimes",), ("agent.cuda_graph='sometimes'", "true or false or auto")),
+        (("agent.compile=2",), ("agent.compile=2", "true or false or auto")),
     ],
 )
 def test_bad_settings_are_one_sentence(overrides: tuple[str, ...], words: tuple[str, ...]) -> None:
