@@ -134,6 +134,17 @@ def run_cli(
     )
 
 
+def run_script(name: str, *arguments: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `scripts/<name>` from the repository root, as its docstring tells a user to."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
 def start_cli(*overrides: str, pause_at: int, marker: Path) -> subprocess.Popen:
     """Start the CLI in the background, held after step `pause_at` until the test signals it."""
     return subprocess.Popen(

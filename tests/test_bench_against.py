@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from conftest import REPO
+from conftest import run_script
 
 
 def test_tiny_comparison_against_head_runs() -> None:
     """Both workers start (the revision's worker checks that it imported the extracted code) and time updates."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "bench_against.py"),
-            *("--rev", "HEAD", "--tasks", "3", "--hidden", "8", "--layers", "1", "--batch", "4"),
-            *("--repeats", "2", "--warmup", "0", "--threads", "1", "--balancers", "mtsac", "pcgrad"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
+    result = run_script(
+        "bench_against.py",
+        *("--rev", "HEAD", "--tasks", "3", "--hidden", "8", "--layers", "1", "--batch", "4"),
+        *("--repeats", "2", "--warmup", "0", "--threads", "1", "--balancers", "mtsac", "pcgrad"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split() for line in result.stdout.splitlines()[2:]]

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from conftest import REPO
+from conftest import run_script
 
 KEYS = {"env", "balancer", "device", "compile", "steps_per_s", "env_ms", "update_ms", "other_ms"}
 
 
-def script(name: str, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / name), *arguments],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-
-
 def test_bench_train_times_the_real_loop_and_prints_one_object_per_configuration() -> None:
-    result = script(
+    result = run_script(
         "bench_train.py",
         *("--env", "mt1", "--balancer", "mtsac", "famo", "--overlap", "false", "true"),
         *("--steps", "4", "--warmup", "6", "--skip", "1", "--threads", "1", "--json", "--"),
@@ -45,14 +33,14 @@ def test_bench_train_times_the_real_loop_and_prints_one_object_per_configuration
 
 
 def test_bench_train_refuses_a_bad_override_in_one_line() -> None:
-    result = script("bench_train.py", "--steps", "2", "--", "env.vector_strategy=threads")
+    result = run_script("bench_train.py", "--steps", "2", "--", "env.vector_strategy=threads")
     assert result.returncode == 2
     assert "env.vector_strategy" in result.stderr and "threads" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_bench_gram_solve_times_every_gram_balancer() -> None:
-    result = script("bench_gram_solve.py", "--tasks", "3", "--calls", "2", "--json")
+    result = run_script("bench_gram_solve.py", "--tasks", "3", "--calls", "2", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert {row["balancer"] for row in rows} >= {"cagrad", "pcgrad", "nashmtl"}

@@ -8,17 +8,11 @@ import sys
 
 from mtrl_famo.balancers import NAMES
 
-from conftest import REPO
+from conftest import REPO, run_script
 
 
 def bench(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench_update.py"), *arguments],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
+    return run_script("bench_update.py", *arguments)
 
 
 def test_tiny_benchmark_runs_every_balancer() -> None:

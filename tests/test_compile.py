@@ -8,8 +8,6 @@ noise drawn outside the graph, the update cadence) runs here through `GraphedUpd
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -26,7 +24,7 @@ from mtrl_famo.optim import FusedAdam
 from mtrl_famo.replay import Batch
 from mtrl_famo.trainer import Trainer
 
-from conftest import REPO
+from conftest import run_script
 
 TWO_TASKS = ("env=custom", "env.tasks=[reach-v3,push-v3]")
 TINY = ("agent.hidden_dim=8", "agent.num_layers=1", "agent.batch_size_per_task=4", "agent.replay_size=100")
@@ -199,17 +197,10 @@ def test_famo_device_check_raises_late_with_the_first_bad_losses(monkeypatch: py
 
 
 def test_bench_compile_runs(tmp_path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "bench_compile.py"),
-            *("--sizes", "1x8x4", "--tasks", "2", "--balancers", "mtsac", "--repeats", "1", "--warmup", "1"),
-            *("--threads", "1", "--json", "--variants", "eager"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
+    result = run_script(
+        "bench_compile.py",
+        *("--sizes", "1x8x4", "--tasks", "2", "--balancers", "mtsac", "--repeats", "1", "--warmup", "1"),
+        *("--threads", "1", "--json", "--variants", "eager"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]

@@ -87,6 +87,8 @@ class Balancer(ABC):
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be at least 1, got {num_tasks}.")
         self.num_tasks = num_tasks
+        # refuse_non_positive's device-side checks, one per (label, why, what) it is called with.
+        self._deferred_checks: dict[tuple[str, str, str], DeferredCheck] = {}
 
     def update(self, losses_before: torch.Tensor, losses_after: torch.Tensor) -> None:
         """After-step hook with the losses on the same batch before and after the step."""
@@ -96,14 +98,13 @@ class Balancer(ABC):
         naming the method, the values and the fix. On a CUDA device it is read only every
         DEVICE_CHECK_EVERY calls (see `DeferredCheck`); call it on everything that must be positive at once."""
         key = (label, why, what)
-        checks = self.__dict__.setdefault("_deferred_checks", {})
-        if key not in checks:
-            checks[key] = DeferredCheck(functools.partial(_non_positive_message, label, why, what))
-        checks[key](values.le(0).any(), values)
+        if key not in self._deferred_checks:
+            self._deferred_checks[key] = DeferredCheck(functools.partial(_non_positive_message, *key))
+        self._deferred_checks[key](values.le(0).any(), values)
 
     def deferred_checks(self) -> list[DeferredCheck]:
         """The device-side checks this balancer has recorded (a CUDA graph's owner reads them)."""
-        return list(self.__dict__.get("_deferred_checks", {}).values())
+        return list(self._deferred_checks.values())
 
     def raise_if_failed(self) -> None:
         """Raise the error of any failed device-side check (waits for the device)."""
