@@ -1,4 +1,4 @@
-"""scripts/bench_train.py runs the real training loop and prints the issue's keys; bench_gram_solve.py runs."""
+"""scripts/bench_train.py runs the real training loop and prints the issue's keys; the other new benchmarks run."""
 
 from __future__ import annotations
 
@@ -46,3 +46,10 @@ def test_bench_gram_solve_times_every_gram_balancer() -> None:
     assert {row["balancer"] for row in rows} >= {"cagrad", "pcgrad", "nashmtl"}
     assert all(row["ms_per_call"] > 0 for row in rows)
     assert {row["balancer"]: row["host"] for row in rows}["pcgrad"] is False
+
+
+def test_bench_matmul_floor_counts_the_updates_matmuls() -> None:
+    result = run_script("bench_matmul_floor.py", "--rows", "8", "--width", "4", "--repeats", "1", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(result.stdout)
+    assert row["matmuls"] == 32 and row["ms"] > 0
