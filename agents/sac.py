@@ -92,7 +92,7 @@ class MultiTaskSAC(nn.Module):
         Per-task temperatures: the sum (each temperature gets exactly its own task's gradient).
         Shared: the mean over tasks, i.e. the usual SAC temperature loss over the whole batch. It
         is not passed through the gradient balancer: one scalar parameter has no conflict to
-        resolve that a mean would not (README "Protocols").
+        resolve that a mean would not (docs/protocols.md).
         """
         return alpha_losses.mean() if self.shared_alpha else alpha_losses.sum()
 

@@ -1,7 +1,7 @@
 """Every TensorBoard tag of a run, and the figures waiting to be logged.
 
 x-axis = environment steps per task. The trainer hands over what happened (update results, the
-drained episode statistics, evaluation results); this module alone decides tag names, so README's
+drained episode statistics, evaluation results); this module alone decides tag names, so the docs'
 tag list, the report and the tests have one place to agree with.
 """
 
