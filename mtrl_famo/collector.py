@@ -16,6 +16,7 @@ action read waits for every copy issued before it.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
@@ -85,6 +86,7 @@ class Collector:
         self.generator = generator
         self.device = device
         self.env_step = 0  # environment steps per task done so far
+        self.env_seconds = 0.0  # wall clock spent handing actions to the env and waiting for its step (a timing)
         self.obs = env.reset()
         self.episodes = EpisodeTracker(env.num_tasks)
         self.episode_step = 0
@@ -118,7 +120,10 @@ class Collector:
         action = self.act(obs)
         ends_episode = self.episode_step + 1 == self.env.max_episode_steps
         env_rng = self.env.rng_state() if ends_episode else None
-        self.env.step_async(action.cpu().numpy())  # the step's one host/device sync: reading the action
+        actions = action.cpu().numpy()  # the step's one host/device sync: reading the action
+        started = time.perf_counter()
+        self.env.step_async(actions)
+        self.env_seconds += time.perf_counter() - started
         self._pending = (obs, action, env_rng)
 
     def finish_step(self) -> VectorStep:
@@ -130,7 +135,9 @@ class Collector:
             raise RuntimeError("finish_step() was called without begin_step() before it.")
         obs, action, env_rng = self._pending
         self._pending = None
+        started = time.perf_counter()
         result = self.env.step_wait()
+        self.env_seconds += time.perf_counter() - started
         self.episode_step += 1
         if result.done.all():
             self.episode_step = 0

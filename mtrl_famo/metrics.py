@@ -77,16 +77,14 @@ class MetricsWriter:
 
 
 class TrainMetrics:
-    """Update results and timings since the last log, kept on the device until `write` reads them."""
+    """Update results since the last log, kept on the device until `write` reads them."""
 
     def __init__(self) -> None:
         self.updates: list[UpdateResult] = []
-        self.update_seconds = 0.0
         self._window: tuple[float, int] | None = None
 
-    def add_updates(self, results: list[UpdateResult], seconds: float) -> None:
+    def add_updates(self, results: list[UpdateResult]) -> None:
         self.updates.extend(results)
-        self.update_seconds += seconds
 
     def write(
         self,
@@ -96,10 +94,14 @@ class TrainMetrics:
         alpha: torch.Tensor,
         balancers: dict[str, Balancer],
         balanced_losses: tuple[str, ...],
+        *,
+        update_seconds: float,
     ) -> None:
         """Log everything pending at `step`, then start a new window.
 
         `episodes`: per-task mean success and return of the episodes finished in the window.
+        `update_seconds`: the time the window's updates took (device time on CUDA, see
+        `mtrl_famo.timing.UpdateTimer`).
         Loss weights are logged for the losses the configured balancer is applied to.
         """
         if episodes is not None:
@@ -114,7 +116,7 @@ class TrainMetrics:
             for loss, stats in latest.items():
                 for field, tag in conflict_tags(loss).items():
                     writer.scalar(tag, float(getattr(stats, field)), step)
-            writer.scalar(UPDATE_MS, 1e3 * self.update_seconds / len(self.updates), step)
+            writer.scalar(UPDATE_MS, 1e3 * update_seconds / len(self.updates), step)
         writer.per_task(ALPHA, alpha.detach().reshape(-1).cpu().numpy(), step)
         for loss, balancer in balancers.items():
             weights = balancer.weights() if loss in balanced_losses else None
@@ -126,7 +128,6 @@ class TrainMetrics:
             writer.scalar(ENV_STEPS_PER_S, (step - at_step) / max(now - started, 1e-9), step)
         self._window = (now, step)
         self.updates.clear()
-        self.update_seconds = 0.0
 
     def start_window(self, step: int) -> None:
         """Start timing environment steps at `step` (a run's start or resumption)."""
@@ -138,4 +139,3 @@ class TrainMetrics:
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         self.updates = [UpdateResult.from_dict(update, device) for update in state["updates"]]
-        self.update_seconds = 0.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from mtrl_famo import checkpoint
 from mtrl_famo.atomic import write_text_atomic
 from mtrl_famo.background_eval import BackgroundEvaluator
 from mtrl_famo.build import build_agent, build_learner, build_replay
+from mtrl_famo.callbacks import Callback, Stop
 from mtrl_famo.collector import Collector
 from mtrl_famo.config import TrainConfig
 from mtrl_famo.envs import build_env
@@ -26,6 +27,7 @@ from mtrl_famo.metrics import MetricsWriter, TrainMetrics
 from mtrl_famo.preemption import PreemptionGuard
 from mtrl_famo.run_files import CONFIG_FILE, SUMMARY_FILE
 from mtrl_famo.seeding import resolve_device, restore_rng_state, rng_state, seed_everything
+from mtrl_famo.timing import UpdateTimer
 
 # Options that may change between a checkpoint and its resumption without changing the run.
 # A dotted key names a key of a config group (agent.compile: speed layers that change no result).
@@ -87,6 +89,8 @@ class Trainer:
                 config.env, config.seed, config.eval_episodes, self.agent, self.device, protocol=config.eval_protocol
             )
         self.metrics = TrainMetrics()
+        self.update_timer = UpdateTimer(self.device)  # device time on CUDA, read only when logging
+        self._logged_update_seconds = 0.0
         self._last_checkpoint_step = 0
 
     @property
@@ -118,16 +122,17 @@ class Trainer:
         """The `updates_per_step` updates of vector step `step`, none in the warm-up."""
         if step <= self.config.agent.warmup_steps or not replay_ready:
             return
-        started = time.perf_counter()
         results = []
-        for _ in range(self.config.agent.updates_per_step):
-            want_conflicts = (self.learner.num_updates + 1) % self.config.conflicts_every == 0
-            batch = self.replay.sample(self.config.agent.batch_size_per_task)
-            results.append(self.learner.update(batch, want_conflicts))
-        self.metrics.add_updates(results, time.perf_counter() - started)
+        with self.update_timer.measure():
+            for _ in range(self.config.agent.updates_per_step):
+                want_conflicts = (self.learner.num_updates + 1) % self.config.conflicts_every == 0
+                batch = self.replay.sample(self.config.agent.batch_size_per_task)
+                results.append(self.learner.update(batch, want_conflicts))
+        self.metrics.add_updates(results)
 
     # ----- logging and evaluation ---------------------------------------------------------
     def log_train(self, writer: MetricsWriter) -> None:
+        update_seconds = self.update_timer.device_seconds()
         self.metrics.write(
             writer,
             self.env_step,
@@ -135,7 +140,9 @@ class Trainer:
             self.agent.task_alphas(),
             self.learner.balancers,
             self.config.balancer.apply_to,
+            update_seconds=update_seconds - self._logged_update_seconds,
         )
+        self._logged_update_seconds = update_seconds
 
     def evaluate(self, writer: MetricsWriter, bar: tqdm | None = None) -> None:
         """Evaluate the policy of this step: at once (`eval.background=false`), or in the background
@@ -219,17 +226,17 @@ class Trainer:
         return True
 
     # ----- the loop -----------------------------------------------------------------------
-    def train(self, resolved_config: str | None = None, *, wall_clock_limit_s: float | None = None) -> dict[str, Any]:
+    def train(self, resolved_config: str | None = None, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         """Run (or resume) to `config.steps` environment steps per task; returns the summary.
 
         `resolved_config` (the YAML of the full config) is saved beside the event files once the
         run directory is known to be this run's, so a refused resume overwrites nothing.
-        `wall_clock_limit_s` (scripts/learning_check.py) ends the run early at the first exact
-        resume point after that many seconds, with a final evaluation and a checkpoint, so the
-        run can be continued later like any interrupted one.
+        `callbacks` see the trainer after every vector step and may end the loop early
+        (`mtrl_famo.callbacks.Stop`): at once, or at the first exact resume point with a final
+        evaluation and a checkpoint, so the run can be continued later like any interrupted one.
         """
         config = self.config
-        deadline = None if wall_clock_limit_s is None else time.monotonic() + wall_clock_limit_s
+        stop_at_resume_point = False
         self.run_dir.mkdir(parents=True, exist_ok=True)
         had_events = any(self.run_dir.glob("events.out.tfevents.*"))
         resumed = self.resume()
@@ -262,7 +269,11 @@ class Trainer:
                         writer.flush()
                         self.save_checkpoint()
                         guard.hand_over()
-                    if at_resume_point and deadline is not None and time.monotonic() >= deadline:
+                    decisions = {callback.on_step_end(self) for callback in callbacks}
+                    if Stop.NOW in decisions:
+                        return self.summary()  # a benchmark's window is over: nothing more is written
+                    stop_at_resume_point |= Stop.AT_RESUME_POINT in decisions
+                    if at_resume_point and stop_at_resume_point:
                         if self.env_step % config.eval_every != 0:  # not evaluated at this step yet
                             self.evaluate(writer, bar)
                         break

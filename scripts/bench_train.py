@@ -9,14 +9,15 @@ Each configuration is what `python -m mtrl_famo.train env=<env> balancer=<b> ...
 `Trainer.train` itself (logging, evaluation cadence and the overlap of env stepping and updates
 included). After the random-action warm-up (`--warmup`, default 100 steps per task instead of the
 config's 1500, which only fills the replay) and `--skip` untimed learning steps, `--steps` vector
-steps are timed and the run is stopped. Printed per configuration:
+steps are timed (a `TimedWindow` callback, no patching) and the run is stopped. Printed per configuration:
 
 - steps_per_s: vector steps (one step of every task) per second, wall clock;
 - env_ms: main-thread time per vector step spent stepping the envs or waiting for their workers
   (with loop.overlap the update runs while the workers step, so this is only the wait left over);
-- update_ms: time per vector step in `SACLearner.update` (on CUDA from CUDA events, device time,
-  without adding a host sync);
-- other_ms: the rest of an iteration (acting, replay writes, logging, evaluation at its cadence).
+- update_ms: time per vector step in the learner's updates (on CUDA device time from CUDA events,
+  without adding a host sync: `mtrl_famo.timing.UpdateTimer`, the timer behind perf/update_ms);
+- other_ms: the rest of the iteration's host time (acting, replay writes, logging, evaluation at its
+  cadence): wall clock minus env time minus the host time of the update calls.
 
 Evaluation only happens inside the timed steps when `--eval-every` (eval.every) is small enough.
 The configurations of one invocation run one after another in the same process, so compare
@@ -26,70 +27,45 @@ figures of one invocation only: this machine's load changes between runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from mtrl_famo.callbacks import Callback, Stop
 from mtrl_famo.compiled_update import resolve_compile
 from mtrl_famo.config import ConfigError, TrainConfig, compose
 from mtrl_famo.trainer import Trainer
 
 
-class _Finished(Exception):
-    """Raised from inside the training loop once the timed steps are done."""
+class TimedWindow(Callback):
+    """Marks the `steps` vector steps after env step `first` and stops the loop when they are done.
 
+    At each end it reads the wall clock, the collector's env time and the trainer's update timer
+    (its device time syncs once here, never per step).
+    """
 
-class PhaseClock:
-    """Accumulates the time spent in wrapped calls while `active`."""
+    def __init__(self, first: int, steps: int):
+        self.first, self.steps = first, steps
+        self.marks: dict[str, dict[str, float]] = {}
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.active = False
+    def on_step_end(self, trainer: Trainer) -> Stop | None:
+        if trainer.env_step not in (self.first, self.first + self.steps):
+            return None
+        at = "start" if trainer.env_step == self.first else "end"
+        self.marks[at] = {
+            "wall": time.perf_counter(),
+            "env": trainer.collector.env_seconds,
+            "update_host": trainer.update_timer.host_seconds,
+            "update": trainer.update_timer.device_seconds(),
+        }
+        return Stop.NOW if at == "end" else None
 
-    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            if not self.active:
-                return function(*args, **kwargs)
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - started
-
-        return timed
-
-
-class DeviceClock:
-    """Device time of wrapped calls on CUDA, from event pairs read once at the end (no per-step sync)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-        self.active = False
-
-    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            if not self.active:
-                return function(*args, **kwargs)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                end.record()
-                self.events.append((start, end))
-
-        return timed
-
-    @property
-    def seconds(self) -> float:
-        torch.cuda.synchronize()
-        return sum(start.elapsed_time(end) for start, end in self.events) / 1e3
+    def ms_per_step(self, what: str) -> float:
+        return (self.marks["end"][what] - self.marks["start"][what]) / self.steps * 1e3
 
 
 def bench_config(
@@ -121,34 +97,13 @@ def measure(config: TrainConfig, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as run_dir:
         trainer = Trainer(dataclasses.replace(config, run_dir=run_dir))
         device = trainer.device
-        env_clock = PhaseClock()
-        update_clock: PhaseClock | DeviceClock = DeviceClock() if device.type == "cuda" else PhaseClock()
-        env = trainer.env
-        for name in ("step", "step_async", "step_wait"):
-            if hasattr(env, name):
-                setattr(env, name, env_clock.wrap(getattr(env, name)))
-        trainer.learner.update = update_clock.wrap(trainer.learner.update)
-        first_timed = args.warmup + args.skip  # env_step before the first timed iteration
-        marks: dict[str, float] = {}
-        plain_step = trainer.step
-
-        def step() -> None:
-            if trainer.env_step == first_timed:
-                env_clock.active = update_clock.active = True
-                marks["start"] = time.perf_counter()
-            elif trainer.env_step == first_timed + args.steps:
-                marks["end"] = time.perf_counter()
-                env_clock.active = update_clock.active = False
-                raise _Finished
-            plain_step()
-
-        trainer.step = step
-        with contextlib.suppress(_Finished):
-            trainer.train()
-        seconds = marks["end"] - marks["start"]
-        env_ms = env_clock.seconds / args.steps * 1e3
-        update_ms = update_clock.seconds / args.steps * 1e3
-        step_ms = seconds / args.steps * 1e3
+        window = TimedWindow(args.warmup + args.skip, args.steps)
+        trainer.train(callbacks=[window])
+        step_ms, env_ms = window.ms_per_step("wall"), window.ms_per_step("env")
+        # other = the iteration's host time outside env calls and update calls; update_ms is device
+        # time on CUDA (the host only launches it), so it is not subtracted from the wall clock.
+        other_ms = step_ms - env_ms - window.ms_per_step("update_host")
+        update_ms = window.ms_per_step("update")
         return {
             "env": config.env.name,
             "balancer": config.balancer.name,
@@ -159,10 +114,10 @@ def measure(config: TrainConfig, args: argparse.Namespace) -> dict[str, Any]:
             "tasks": trainer.env.num_tasks,
             "threads": torch.get_num_threads(),
             "steps": args.steps,
-            "steps_per_s": round(args.steps / seconds, 2),
+            "steps_per_s": round(1e3 / step_ms, 2),
             "env_ms": round(env_ms, 2),
             "update_ms": round(update_ms, 2),
-            "other_ms": round(step_ms - env_ms - update_ms, 2),
+            "other_ms": round(other_ms, 2),
         }
 
 

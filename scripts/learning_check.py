@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mtrl_famo.callbacks import WallClockLimit
     from mtrl_famo.config import ConfigError, compose
     from mtrl_famo.trainer import Trainer
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     trainer = Trainer(config)
-    summary = trainer.train(wall_clock_limit_s=args.minutes * 60.0)
+    summary = trainer.train(callbacks=[WallClockLimit(args.minutes * 60.0)])
     seconds = time.perf_counter() - started
     per_task = summary["eval_success_rate_per_task"]
     report = {

@@ -48,8 +48,7 @@ def test_train_metrics_write_every_tag_from_the_window(tmp_path) -> None:
                 [2.0, 6.0], [-1.0, -3.0], [0.5, 1.5], {"critic": stats(0.2, 0.3, 0.0), "actor": stats(-0.9, -0.9, 1.0)}
             ),
             update([3.0, 3.0], [-2.0, -4.0], [1.0, 2.0]),
-        ],
-        seconds=0.3,
+        ]
     )
     famo = make("famo", 2, w_lr=0.1, gamma=0.0, min_losses=0.0, eps=1e-8)
     famo.logits.data = torch.tensor([0.0, math.log(3.0)])  # weights 1/4, 3/4
@@ -62,6 +61,7 @@ def test_train_metrics_write_every_tag_from_the_window(tmp_path) -> None:
         torch.tensor([[0.5], [2.0]]),
         {"critic": make("mtsac", 2), "actor": famo},
         balanced_losses=("actor",),
+        update_seconds=0.3,
     )
     writer.close()
 
@@ -85,12 +85,12 @@ def test_train_metrics_write_every_tag_from_the_window(tmp_path) -> None:
     assert value["balancer/actor/weight/push-v3"] == pytest.approx(0.75)
     assert not any(tag.startswith("balancer/weight/") for tag in got)
     assert "perf/env_steps_per_s" in got
-    assert metrics.updates == [] and metrics.update_seconds == 0.0
+    assert metrics.updates == []
 
 
 def test_pending_updates_survive_a_checkpoint(tmp_path) -> None:
     metrics = TrainMetrics()
-    metrics.add_updates([update([1.0, 2.0], [NAN, -1.0], [0.1, 0.2], {"critic": stats(-0.1, 0.4, 1.0)})], 0.1)
+    metrics.add_updates([update([1.0, 2.0], [NAN, -1.0], [0.1, 0.2], {"critic": stats(-0.1, 0.4, 1.0)})])
     restored = TrainMetrics()
     restored.load_state_dict(metrics.state_dict(), torch.device("cpu"))
     assert len(restored.updates) == 1
