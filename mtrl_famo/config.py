@@ -10,18 +10,16 @@ import re
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Literal
 
 from mtrl_famo import balancers
 from mtrl_famo.agents.networks import INITS
 from mtrl_famo.agents.sac import ALPHAS, HEADS, LOSSES_THAT_CAN_BE_NEGATIVE
+from mtrl_famo.configs import CONFIG_DIR  # re-exported: the one home of the config location
 from mtrl_famo.envs.builder import EnvSpec
 from mtrl_famo.envs.evaluation import EVAL_PROTOCOLS
 from mtrl_famo.learner import BALANCED_LOSSES
 from mtrl_famo.typecheck import describe, matches
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):

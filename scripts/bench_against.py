@@ -26,7 +26,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # Where each installed package lives in the repository (pyproject's package-dir).
-PACKAGE_DIRS = {"mtrl_famo": "mtrl_famo", "mtrl_famo/agents": "agents", "mtrl_famo/envs": "envs"}
+PACKAGE_DIRS = {
+    "mtrl_famo": "mtrl_famo",
+    "mtrl_famo/agents": "agents",
+    "mtrl_famo/envs": "envs",
+    "mtrl_famo/configs": "configs",
+}
 
 WORKER = r"""
 import json, sys, time, argparse, torch
@@ -66,7 +71,7 @@ def extract(rev: str, into: Path) -> Path:
     site = into / "site"
     for package, source in PACKAGE_DIRS.items():
         shutil.copytree(archive / source, site / package, dirs_exist_ok=True)
-    shutil.copytree(archive / "configs", site / "configs")  # config.py finds configs/ next to its package
+    shutil.copytree(archive / "configs", site / "configs")  # where revisions before mtrl_famo.configs look
     return site
 
 
