@@ -170,11 +170,16 @@ class GramMixing(GradientManipulation):
     def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
         """`[K, K]` float64 Gram matrix in (on the gradients' device), `[K]` mixing weights m out."""
 
-    def combine(self, grads: torch.Tensor) -> torch.Tensor:
-        gram = (grads @ grads.T).double()
-        mix = self.mixing_weights(gram).to(device=grads.device, dtype=grads.dtype)
+    def mix(self, gram: torch.Tensor) -> torch.Tensor:
+        """The update's mixing weights m for the `[K, K]` Gram matrix of the task gradients, in its
+        dtype and on its device, recorded as `last_mix`. Alone, it serves a caller that summed the Gram
+        matrix parameter by parameter and never stacked `[K, D]` (mtrl_famo.balancers.backward)."""
+        mix = self.mixing_weights(gram.double()).to(gram)
         self.last_mix = mix
-        return mix @ grads
+        return mix
+
+    def combine(self, grads: torch.Tensor) -> torch.Tensor:
+        return self.mix(grads @ grads.T) @ grads
 
 
 class HostGramMixing(GramMixing):
