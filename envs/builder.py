@@ -15,7 +15,9 @@ import numpy as np
 from mtrl_famo.envs.step import VectorStep, normalise_step
 from mtrl_famo.envs.workers import WorkerVectorEnv
 
-BENCHMARKS = ("mt10", "mt50", "mt1", "custom")
+# Metaworld's own multitask benchmarks: env=<name> builds `Meta-World/<NAME>` with its task list and order.
+METAWORLD_BENCHMARKS = ("mt10", "mt25", "mt50")
+BENCHMARKS = (*METAWORLD_BENCHMARKS, "mt1", "custom")
 # Every Metaworld v3 task observes 39 numbers (plus the task one-hot when one_hot) and acts in 4.
 METAWORLD_OBS_DIM = 39
 METAWORLD_ACTION_DIM = 4
@@ -38,11 +40,11 @@ def known_task_names() -> list[str]:
 
 
 def benchmark_task_names(name: str) -> list[str]:
-    """Task names of MT10/MT50 in sub-env order (the benchmark's class dict order)."""
+    """Task names of a Metaworld benchmark (one of METAWORLD_BENCHMARKS) in sub-env order: the class
+    table Metaworld's own benchmark builds from (`metaworld.env_dict.MT10_V3`, `MT25_V3`, `MT50_V3`)."""
     from metaworld import env_dict
 
-    table = {"mt10": env_dict.MT10_V3, "mt50": env_dict.MT50_V3}
-    return list(table[name].keys())
+    return list(getattr(env_dict, f"{name.upper()}_V3").keys())
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,10 @@ class EnvSpec:
     goals: str
     reward_version: str
     reward_normalization: str
-    tasks: tuple[str, ...] = ()  # no default of a run: configs/env/*.yaml set it; mt10/mt50 ignore it
+    tasks: tuple[str, ...] = ()  # no default of a run: configs/env/*.yaml set it; the benchmarks ignore it
 
     def task_names(self) -> list[str]:
-        if self.name in ("mt10", "mt50"):
+        if self.name in METAWORLD_BENCHMARKS:
             return benchmark_task_names(self.name)
         return list(self.tasks)
 
@@ -180,7 +182,7 @@ class MultiTaskEnv:
 def sub_env_factories(spec: EnvSpec, seed: int, common: dict[str, Any]) -> list[Callable[[], gym.Env]]:
     """One factory per task, row order, building exactly the sub-envs `build_env` builds.
 
-    MT10/MT50: what Metaworld's registered `Meta-World/MT10|MT50` does (`metaworld.make_mt_envs`):
+    MT10/MT25/MT50: what Metaworld's registered `Meta-World/MT10|MT25|MT50` does (`metaworld.make_mt_envs`):
     one benchmark object seeded once with `seed` draws every task's 50 goals (so each task's goals
     depend on the tasks before it), and every sub-env gets that same `seed`. Single tasks and custom
     lists: `make_mt_envs` per task with `seed + index`, as `Meta-World/custom-mt-envs` (but seed 0 stays 0).
@@ -188,7 +190,7 @@ def sub_env_factories(spec: EnvSpec, seed: int, common: dict[str, Any]) -> list[
     import metaworld
 
     names = spec.task_names()
-    if spec.name in ("mt10", "mt50"):
+    if spec.name in METAWORLD_BENCHMARKS:
         benchmark = getattr(metaworld, spec.name.upper())(seed=seed)
         return [
             partial(
@@ -209,11 +211,11 @@ def sub_env_factories(spec: EnvSpec, seed: int, common: dict[str, Any]) -> list[
 
 
 def _gymnasium_vector(vector_cls: type[gym.vector.VectorEnv], strategy: str) -> Vectorizer:
-    """sync/async: MT10/MT50 through Metaworld's registered vector envs, other task lists through
+    """sync/async: MT10/MT25/MT50 through Metaworld's registered vector envs, other task lists through
     gymnasium's own vector class over `sub_env_factories`."""
 
     def build(spec: EnvSpec, seed: int, common: dict[str, Any]) -> gym.vector.VectorEnv:
-        if spec.name in ("mt10", "mt50"):
+        if spec.name in METAWORLD_BENCHMARKS:
             return gym.make_vec(f"Meta-World/{spec.name.upper()}", vector_strategy=strategy, seed=seed, **common)
         factories = sub_env_factories(spec, seed, common)
         return vector_cls(factories, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -243,7 +245,7 @@ def build_env(spec: EnvSpec, seed: int, *, every_goal_in_turn: bool = False) -> 
     seed share each task's goal. `every_goal_in_turn` (evaluation under Metaworld's protocol,
     random goals only) visits the 50 goals in a seeded shuffled order, one per episode.
 
-    MT10/MT50 use Metaworld's registered `Meta-World/MT10|MT50` vector envs. Single tasks and
+    MT10/MT25/MT50 use Metaworld's registered `Meta-World/MT10|MT25|MT50` vector envs. Single tasks and
     custom lists use the same per-task factory (`metaworld.make_mt_envs`) that the registered
     `Meta-World/custom-mt-envs` uses, built here because that entry point turns seed 0 into
     "unseeded" (`seed=None if not seed else seed + idx`), which would break reproducibility.

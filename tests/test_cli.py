@@ -90,7 +90,7 @@ def a_file_in_the_way(monkeypatch, tmp_path) -> None:
 # (override, fragment of the one-line error, setup run before the CLI). `{tmp}` is the test's
 # tmp_path; a case that sets run_dir itself gets no run_dir from the test.
 BAD_INPUT = [
-    ("env=mt11", "Unknown env 'mt11'; choose one of custom, mt1, mt10, mt50", None),
+    ("env=mt11", "Unknown env 'mt11'; choose one of custom, mt1, mt10, mt25, mt50", None),
     ("balancer=adam", f"Unknown balancer 'adam'; choose one of {', '.join(NAMES)}.", None),
     ("env.tasks=[reach-v3,jump-v3]", "Unknown Metaworld task 'jump-v3'", None),
     ("steps=0", "steps=0 is invalid", None),
