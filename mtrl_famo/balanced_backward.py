@@ -1,4 +1,8 @@
-"""Turn a per-task loss function into `.grad` on a parameter group through a balancer."""
+"""The SAC agent's balanced backward, and the conflict statistics of one update's task gradients.
+
+`balanced_backward` is the public `mtrl_famo.balancers.backward_grouped` with the agent's rule for
+task-specific parameters (`agents.networks.is_task_specific`); the maths lives there only.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,11 @@ import torch
 from torch import nn
 
 from mtrl_famo.agents.networks import is_task_specific
-from mtrl_famo.balancers.base import Balancer, GradientManipulation, LossWeighting
-from mtrl_famo.task_gradients import LossFn, per_task_gradients
+from mtrl_famo.balancers.backprop import BackwardResult, backward_grouped
+from mtrl_famo.balancers.base import Balancer
+from mtrl_famo.task_gradients import LossFn
 
-
-@dataclass
-class BackwardResult:
-    """Detached per-task losses `[K]`, the loss function's aux, and `[K, D]` shared grads if computed."""
-
-    losses: torch.Tensor
-    aux: torch.Tensor
-    shared_grads: torch.Tensor | None = None
+__all__ = ["BackwardResult", "ConflictStats", "balanced_backward", "conflict_stats", "conflict_stats_from_gram"]
 
 
 def balanced_backward(
@@ -36,30 +34,7 @@ def balanced_backward(
     gradients; task-specific parameters get the gradient of the mean loss (task k's own
     gradient / K), so that a conflict-free PCGrad or CAGrad with c=0 equals MT-SAC exactly.
     """
-    if isinstance(balancer, LossWeighting):
-        losses, aux = loss_fn(agent, *data)
-        objective = balancer.weighted_loss(losses)
-        grads = torch.autograd.grad(objective, list(params.values()))
-        for parameter, gradient in zip(params.values(), grads):
-            parameter.grad = gradient
-        return BackwardResult(losses.detach(), aux)
-
-    if not isinstance(balancer, GradientManipulation):
-        raise TypeError(f"{type(balancer).__name__} is neither LossWeighting nor GradientManipulation.")
-    losses, aux, grads = per_task_gradients(agent, loss_fn, data, set(params))
-    shared = [name for name in params if not is_task_specific(name)]
-    stacked = torch.cat([grads[name].flatten(1) for name in shared], dim=1)
-    direction = balancer.combine(stacked)
-    offset = 0
-    for name in shared:
-        parameter = params[name]
-        parameter.grad = direction[offset : offset + parameter.numel()].view_as(parameter)
-        offset += parameter.numel()
-    num_tasks = stacked.shape[0]
-    for name, parameter in params.items():
-        if is_task_specific(name):
-            parameter.grad = grads[name] / num_tasks
-    return BackwardResult(losses.detach(), aux, stacked)
+    return backward_grouped(agent, loss_fn, data, balancer, params=params, task_axis=is_task_specific)
 
 
 @dataclass
@@ -73,10 +48,9 @@ class ConflictStats:
     conflicting_pairs: torch.Tensor  # number of task pairs whose gradients have a negative dot product
 
 
-def conflict_stats(shared_grads: torch.Tensor) -> ConflictStats:
-    """Min and mean pairwise cosine of `[K, D]` task gradients and the number of conflicting pairs."""
-    num_tasks = shared_grads.shape[0]
-    gram = shared_grads @ shared_grads.T
+def conflict_stats_from_gram(gram: torch.Tensor) -> ConflictStats:
+    """Min and mean pairwise cosine and the number of conflicting pairs, from the `[K, K]` Gram matrix."""
+    num_tasks = gram.shape[0]
     norms = gram.diagonal().clamp_min(1e-20).sqrt()
     cosine = gram / (norms[:, None] * norms[None, :])
     upper = torch.triu_indices(num_tasks, num_tasks, offset=1, device=cosine.device)
@@ -84,3 +58,8 @@ def conflict_stats(shared_grads: torch.Tensor) -> ConflictStats:
     if pairs.numel() == 0:
         pairs = torch.ones(1, device=cosine.device)
     return ConflictStats(pairs.min(), pairs.mean(), (pairs < 0).sum().to(torch.float32))
+
+
+def conflict_stats(shared_grads: torch.Tensor) -> ConflictStats:
+    """`conflict_stats_from_gram` of `[K, D]` task gradients."""
+    return conflict_stats_from_gram(shared_grads @ shared_grads.T)

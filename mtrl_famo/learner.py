@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
+from mtrl_famo.agents.networks import is_task_specific
 from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, alpha_loss, critic_loss
-from mtrl_famo.balanced_backward import BackwardResult, ConflictStats, balanced_backward, conflict_stats
-from mtrl_famo.balancers import Balancer
+from mtrl_famo.balanced_backward import ConflictStats, conflict_stats_from_gram
+from mtrl_famo.balancers import BackwardResult, Balancer, backward_grouped
 from mtrl_famo.optim import load_adam_state, make_adam
 from mtrl_famo.replay import Batch
 
@@ -83,8 +84,11 @@ class SACLearner:
         return torch.randn(shape, device=like.device, generator=self.generator)
 
     def _balanced_step(self, name: str, loss_fn, data: tuple[torch.Tensor, ...]) -> BackwardResult:
+        """The library loop of docs/library.md: balanced backward, optimiser step, after-step update (FAMO)."""
         balancer = self.balancers[name]
-        result = balanced_backward(self.agent, loss_fn, data, self.params[name], balancer)
+        result = backward_grouped(
+            self.agent, loss_fn, data, balancer, params=self.params[name], task_axis=is_task_specific
+        )
         self.optimizers[name].step()
         if balancer.needs_losses_after_step:
             with torch.no_grad():
@@ -97,15 +101,15 @@ class SACLearner:
         target = self.td_target(batch.reward, batch.next_obs, batch.terminated, self._noise(batch.next_obs))
         critic = self._balanced_step("critic", self.loss_fns["critic"], (batch.obs, batch.action, target))
         conflicts: dict[str, ConflictStats] = {}
-        if want_conflicts and critic.shared_grads is not None:
-            conflicts["critic"] = conflict_stats(critic.shared_grads)
+        if want_conflicts and (gram := critic.task_gram()) is not None:
+            conflicts["critic"] = conflict_stats_from_gram(gram)
 
         actor_losses = alpha_losses = torch.full_like(critic.losses, float("nan"))
         if self.num_updates % self.actor_update_every == 0:
             actor = self._balanced_step("actor", self.loss_fns["actor"], (batch.obs, self._noise(batch.obs)))
             actor_losses = actor.losses
-            if want_conflicts and actor.shared_grads is not None:
-                conflicts["actor"] = conflict_stats(actor.shared_grads)
+            if want_conflicts and (gram := actor.task_gram()) is not None:
+                conflicts["actor"] = conflict_stats_from_gram(gram)
             alpha_losses = alpha_loss(agent, actor.aux)
             self.optimizers["alpha"].zero_grad(set_to_none=True)
             agent.temperature_objective(alpha_losses).backward()

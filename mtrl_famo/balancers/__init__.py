@@ -17,11 +17,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from mtrl_famo.balancers.backprop import BackwardResult, backward, backward_grouped
 from mtrl_famo.balancers.base import Balancer, GradientManipulation, GramMixing, HostGramMixing, LossWeighting
 from mtrl_famo.balancers.registry import REGISTRY, register
 from mtrl_famo.typecheck import describe, matches
 
-_INFRASTRUCTURE = {"base", "registry"}
+_INFRASTRUCTURE = {"backprop", "base", "registry"}
 
 
 def _import_every_method() -> None:
@@ -117,11 +118,14 @@ def make(name: str, num_tasks: int, **options: Any) -> Balancer:
 __all__ = [
     "NAMES",
     "REGISTRY",
+    "BackwardResult",
     "Balancer",
     "GradientManipulation",
     "GramMixing",
     "HostGramMixing",
     "LossWeighting",
+    "backward",
+    "backward_grouped",
     "check_option_types",
     "config_option_names",
     "default_options",

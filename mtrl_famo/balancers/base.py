@@ -173,7 +173,7 @@ class GramMixing(GradientManipulation):
     def mix(self, gram: torch.Tensor) -> torch.Tensor:
         """The update's mixing weights m for the `[K, K]` Gram matrix of the task gradients, in its
         dtype and on its device, recorded as `last_mix`. Alone, it serves a caller that summed the Gram
-        matrix parameter by parameter and never stacked `[K, D]` (mtrl_famo.balancers.backward)."""
+        matrix parameter by parameter and never stacked `[K, D]` (mtrl_famo.balancers.backprop)."""
         mix = self.mixing_weights(gram.double()).to(gram)
         self.last_mix = mix
         return mix
