@@ -162,6 +162,7 @@ class Trainer:
                 bar.set_postfix(eval_success=f"{finished[-1][1].mean_success_rate:.2f}")
 
     def summary(self) -> dict[str, Any]:
+        self.raise_if_a_check_failed()
         self.evaluator.wait()  # the final evaluation may still be running in the background
         result = self.evaluator.last
         return {
@@ -213,7 +214,15 @@ class Trainer:
         self.metrics.load_state_dict(state["metrics"], self.device)
         self._last_checkpoint_step = self.env_step
 
+    def raise_if_a_check_failed(self) -> None:
+        """Read the balancers' device-side loss checks (on CUDA they are otherwise read only every
+        DEVICE_CHECK_EVERY updates): a failure in the last updates must stop the run before it is
+        saved or summarised, not be checkpointed and never reported."""
+        for balancer in self.learner.balancers.values():
+            balancer.raise_if_failed()
+
     def save_checkpoint(self) -> None:
+        self.raise_if_a_check_failed()
         checkpoint.save(self.run_dir, self.state_dict())
         self._last_checkpoint_step = self.env_step
 

@@ -9,40 +9,14 @@ import torch
 
 from mtrl_famo import checkpoint
 from mtrl_famo.callbacks import Callback, Stop, WallClockLimit
-from mtrl_famo.config import compose
 from mtrl_famo.run_files import SUMMARY_FILE
 from mtrl_famo.timing import UpdateTimer
 from mtrl_famo.trainer import Trainer
 
 from conftest import tb_scalars
+from tiny_setup import tiny_trainer
 
-HORIZON = 5  # every episode lasts exactly HORIZON steps: resume points are its multiples
-EVAL_EVERY = 15
-
-
-def tiny_trainer(run_dir) -> Trainer:
-    return Trainer(
-        compose(
-            "env=custom",
-            "env.tasks=[reach-v3,push-v3]",
-            f"env.max_episode_steps={HORIZON}",
-            "env.vector_strategy=sync",
-            "agent.hidden_dim=16",
-            "agent.num_layers=1",
-            "agent.batch_size_per_task=4",
-            "agent.warmup_steps=3",
-            "agent.replay_size=1000",
-            "device=cpu",
-            "steps=30",
-            f"eval.every={EVAL_EVERY}",
-            "eval.episodes=1",
-            "eval.background=false",
-            "log.every=4",
-            "checkpoint.every=0",
-            f"run_dir={run_dir}",
-            "progress=false",
-        )
-    )
+# tiny_trainer: 5-step episodes (resume points are multiples of 5), 30 steps, eval every 15, log every 4.
 
 
 class StopAt(Callback):

@@ -62,3 +62,34 @@ class FixedMix(GradientManipulation):
     def combine(self, grads: torch.Tensor) -> torch.Tensor:
         self.seen = grads.clone()
         return torch.tensor(self.MIX, dtype=grads.dtype) @ grads
+
+
+def tiny_trainer(run_dir, *overrides: str):
+    """A real Trainer on two Metaworld tasks with 5-step episodes and a tiny agent, built from the
+    config the CLI composes (`overrides` win): for tests of the loop's glue, not of learning."""
+    from mtrl_famo.config import compose
+    from mtrl_famo.trainer import Trainer
+
+    return Trainer(
+        compose(
+            "env=custom",
+            "env.tasks=[reach-v3,push-v3]",
+            "env.max_episode_steps=5",
+            "env.vector_strategy=sync",
+            "agent.hidden_dim=16",
+            "agent.num_layers=1",
+            "agent.batch_size_per_task=4",
+            "agent.warmup_steps=3",
+            "agent.replay_size=1000",
+            "device=cpu",
+            "steps=30",
+            "eval.every=15",
+            "eval.episodes=1",
+            "eval.background=false",
+            "log.every=4",
+            "checkpoint.every=0",
+            f"run_dir={run_dir}",
+            "progress=false",
+            *overrides,
+        )
+    )

@@ -21,6 +21,7 @@ import torch
 
 from mtrl_famo.balancers.base import DeferredCheck, LossWeighting
 from mtrl_famo.balancers.registry import register
+from mtrl_famo.optim import load_adam_state
 
 
 @register("famo")
@@ -68,7 +69,7 @@ class FAMO(LossWeighting):
             **{k: state["param_groups"][0][k] for k in ("lr", "weight_decay")},
             capturable=self.logits.is_cuda,
         )
-        self.optimizer.load_state_dict(state)
+        load_adam_state(self.optimizer, state)  # keeps capturable=True: the saved group says False
         return self
 
     def accepts_negative_losses(self) -> bool:
@@ -125,4 +126,6 @@ class FAMO(LossWeighting):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             self.logits.copy_(state["logits"])
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        # This optimizer's execution flags win over the saved ones: a state saved on the CPU
+        # (capturable=False) loaded into a CUDA balancer must stay capturable for a graph replay.
+        load_adam_state(self.optimizer, copy.deepcopy(state["optimizer"]))
