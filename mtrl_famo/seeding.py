@@ -19,6 +19,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def use_device(device: torch.device) -> None:
+    """Make a CUDA device the current one. Streams, events, graph captures and capturable Adam's
+    checks are made on the *current* device: with device=cuda:1 and cuda:0 current they would land
+    on another device than the kernels (a capture fails, or records nothing and replays nothing)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
 def seed_everything(seed: int, device: torch.device) -> torch.Generator:
     """Seed python, numpy and torch; return the generator that drives all training randomness."""
     random.seed(seed)
@@ -34,8 +42,21 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "generator": generator.get_state(),
+        "generator_device": generator.device.type,
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
+
+
+def check_generator_device(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Refuse to continue a training stream on another device type than it was drawn on: a CPU and a
+    CUDA generator have different states (5,056 bytes against 16) and different streams, so the
+    continuation could not be exact. One sentence naming the device to resume with."""
+    saved, current = state["generator_device"], generator.device.type
+    if saved != current:
+        raise ValueError(
+            f"its training random stream was drawn on {saved} and this run is on {current}, where that stream "
+            f"cannot continue exactly; resume with device={saved}, or use another run_dir for a new run"
+        )
 
 
 def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:

@@ -26,7 +26,14 @@ from mtrl_famo.evaluator import Evaluator
 from mtrl_famo.metrics import MetricsWriter, TrainMetrics
 from mtrl_famo.preemption import PreemptionGuard
 from mtrl_famo.run_files import CONFIG_FILE, SUMMARY_FILE
-from mtrl_famo.seeding import resolve_device, restore_rng_state, rng_state, seed_everything
+from mtrl_famo.seeding import (
+    check_generator_device,
+    resolve_device,
+    restore_rng_state,
+    rng_state,
+    seed_everything,
+    use_device,
+)
 from mtrl_famo.timing import UpdateTimer
 
 # Options that may change between a checkpoint and its resumption without changing the run.
@@ -63,6 +70,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(config.run_dir)
         self.device = resolve_device(config.device)
+        use_device(self.device)  # cuda:N current, so streams, events and graphs are made where the kernels run
         self.generator = seed_everything(config.seed, self.device)
         self.env = build_env(config.env, config.seed)
         self.task_names = self.env.task_names
@@ -205,6 +213,10 @@ class Trainer:
                 f"{self.run_dir} holds a checkpoint of a different run ({key}: {saved.get(key)!r} there, "
                 f"{current.get(key)!r} now); use another run_dir or move that directory away."
             )
+        try:
+            check_generator_device(state["rng"], self.generator)
+        except ValueError as error:
+            raise checkpoint.CheckpointError(f"{self.run_dir} holds a checkpoint that {error}.") from None
         self.agent.load_state_dict(state["agent"])
         self.learner.load_state_dict(state["learner"])
         self.replay.load_state_dict(state["replay"])

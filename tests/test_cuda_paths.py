@@ -47,3 +47,29 @@ def test_a_failed_device_side_loss_check_stops_the_checkpoint_and_the_summary(tm
     with pytest.raises(ValueError, match="FAMO needs every loss above"):
         trainer.summary()
     trainer.env.close()
+
+
+def test_a_checkpoint_whose_random_stream_was_drawn_on_another_device_type_is_refused_in_one_sentence(
+    tmp_path,
+) -> None:
+    """device=auto may land a re-queued job on a CPU node (or a CPU run's resume on a GPU node): the
+    generator's state cannot cross device types, so the resume is refused before anything is loaded."""
+    run_dir = tmp_path / "run"
+    trained = tiny_trainer(run_dir, "steps=5", "eval.every=5")
+    trained.train()
+    state = checkpoint.load_latest(run_dir)
+    assert state["rng"]["generator_device"] == "cpu"
+    state["rng"]["generator_device"] = "cuda"  # as a GPU node writes it (its generator state is 16 bytes)
+
+    resumed = tiny_trainer(run_dir, "steps=5", "eval.every=5")
+    before = {name: value.clone() for name, value in resumed.agent.state_dict().items()}
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        resumed.load_state_dict(state)
+    message = str(refused.value)
+    assert message == (
+        f"{run_dir} holds a checkpoint that its training random stream was drawn on cuda and this run is on cpu, "
+        "where that stream cannot continue exactly; resume with device=cuda, or use another run_dir for a new run."
+    )
+    for name, value in resumed.agent.state_dict().items():  # nothing was loaded
+        torch.testing.assert_close(value, before[name])
+    resumed.env.close()
