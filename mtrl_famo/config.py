@@ -26,6 +26,11 @@ class ConfigError(ValueError):
     """Bad user input, reported as one sentence before any work starts."""
 
 
+# What a config is checked for: a training run, or `python -m mtrl_famo.evaluate` (its memory check counts
+# the actor alone, not the replay and the update: mtrl_famo.memory.check_memory).
+Purpose = Literal["train", "evaluate"]
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """configs/agent/sac.yaml, key for key (documented and defaulted there)."""
@@ -139,7 +144,7 @@ def _in_range(name: str, value: float, low: float, high: float) -> None:
         raise ConfigError(f"{name}={value} is out of range; it must lie in [{low}, {high}].")
 
 
-def from_dict(cfg: dict[str, Any]) -> TrainConfig:
+def from_dict(cfg: dict[str, Any], *, purpose: Purpose = "train") -> TrainConfig:
     """Build and validate a TrainConfig from the resolved Hydra config (a plain dict).
 
     Every key is required (the files under configs/ give each its default); a missing or an
@@ -183,7 +188,7 @@ def from_dict(cfg: dict[str, Any]) -> TrainConfig:
     )
     plain["experiment"], plain["eval_protocol"] = str(plain["experiment"]), str(plain["eval_protocol"])
     config = TrainConfig(env=env, agent=AgentConfig(**sections["agent"]), balancer=balancer, **plain)
-    validate(config)
+    validate(config, purpose=purpose)
     return config
 
 
@@ -252,7 +257,7 @@ def check_positive_losses(balancer: BalancerConfig, built: balancers.Balancer) -
             )
 
 
-def validate(config: TrainConfig) -> None:
+def validate(config: TrainConfig, *, purpose: Purpose = "train") -> None:
     """Raise ConfigError naming the first bad value and what would be valid."""
     try:
         config.env.validate()
@@ -331,7 +336,7 @@ def validate(config: TrainConfig) -> None:
 
     from mtrl_famo.memory import check_memory  # late: mtrl_famo.memory imports this module
 
-    check_memory(config)
+    check_memory(config, purpose)
 
 
 def compose(*overrides: str) -> TrainConfig:

@@ -6,6 +6,13 @@ that would change the agent the checkpoint holds (its tasks, one-hot input, head
 widths) are refused. Prints a per-task table (or `--json`) and writes the same figures as JSON to
 `<run_dir>/evaluations/<protocol>_step<N>_episodes<E>.json` (or `--out`); no file of the run is
 modified. Bad input is one sentence on stderr and exit status 2, before any work starts.
+
+Only what evaluation needs is read: the actor's weights and the step count from the checkpoint file
+(memory-mapped; the critics, optimiser state and the rest stay on disk), never the replay file, so a
+run trained on a GPU node evaluates on a laptop, even without copying its `replay-*.pt`. The memory
+check is evaluation's (the actor), not training's (replay, networks, update). The evaluation env is
+built afresh from the run's seed, so a checkpoint evaluates the same however many evaluations the
+run did before it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from mtrl_famo import checkpoint
-from mtrl_famo.agents.sac import MultiTaskSAC
+from mtrl_famo.agents.networks import Actor
 from mtrl_famo.atomic import write_text_atomic
 from mtrl_famo.build import build_agent
 from mtrl_famo.config import ConfigError, TrainConfig, from_dict
@@ -112,14 +119,33 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return cfg
 
 
+@dataclass(frozen=True)
+class Policy:
+    """What evaluation needs of a trained agent (the evaluator's HasActor): its actor."""
+
+    actor: Actor
+
+
+def load_actor(config: TrainConfig, agent_state: dict[str, torch.Tensor], device: torch.device) -> Actor:
+    """The checkpoint's actor alone on `device`: the agent is built as training builds it, but on the meta
+    device (no memory, no initialisation), and only its actor is materialised and given the weights."""
+    obs_dim, action_dim = config.env.dims()
+    with torch.device("meta"):  # built there, not built elsewhere and moved
+        meta = build_agent(config.agent, obs_dim, action_dim, len(config.env.task_names()), torch.device("meta"))
+    actor = meta.actor.to_empty(device=device)
+    prefix = "actor."
+    actor.load_state_dict({key[len(prefix) :]: value for key, value in agent_state.items() if key.startswith(prefix)})
+    return actor
+
+
 @dataclass
 class Request:
-    """A checked evaluation request: the config, and the checkpoint's agent with its weights loaded."""
+    """A checked evaluation request: the config, and the checkpoint's actor with its weights loaded."""
 
     run_dir: Path
     config: TrainConfig
     overrides: list[str]
-    agent: MultiTaskSAC
+    agent: Policy
     device: torch.device
     env_step: int  # of the checkpoint, per task
     out: Path
@@ -146,18 +172,16 @@ def check(argv: list[str]) -> Request:
     for key, value in SPEED_KEYS_OF_OLDER_RUNS.items():  # a run written before these keys existed
         group, leaf = key.split(".")
         saved.setdefault(group, {}).setdefault(leaf, value)
-    config = from_dict(apply_overrides(saved, list(args.overrides)))
+    config = from_dict(apply_overrides(saved, list(args.overrides)), purpose="evaluate")
     try:
-        state = checkpoint.load_latest(run_dir, map_location="cpu")
+        state = checkpoint.load_latest(run_dir, map_location="cpu", replay=False)
     except checkpoint.CheckpointError as error:
         raise ConfigError(str(error)) from None
     if state is None:
         raise ConfigError(f"{run_dir} holds no checkpoint ({checkpoint.LATEST}); evaluate a run that has saved one.")
     device = resolve_device(config.device)
-    obs_dim, action_dim = config.env.dims()
-    agent = build_agent(config.agent, obs_dim, action_dim, len(config.env.task_names()), device)
     try:
-        agent.load_state_dict(state["agent"])
+        agent = Policy(load_actor(config, state["agent"], device))
     except (KeyError, RuntimeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"The checkpoint in {run_dir} does not fit its {CONFIG_FILE} ({first_line}).") from None

@@ -14,7 +14,7 @@ import torch
 
 from mtrl_famo import balancers
 from mtrl_famo.balancers import GradientManipulation
-from mtrl_famo.config import AgentConfig, BalancerConfig, ConfigError, TrainConfig
+from mtrl_famo.config import AgentConfig, BalancerConfig, ConfigError, Purpose, TrainConfig
 
 FLOAT_BYTES = 4  # training runs in float32
 
@@ -104,6 +104,20 @@ def estimate_memory(
     return MemoryEstimate(replay=replay, networks=networks, update=update)
 
 
+def estimate_eval_memory(agent: AgentConfig, num_tasks: int, obs_dim: int, action_dim: int) -> int:
+    """Peak bytes `python -m mtrl_famo.evaluate` holds for the policy (float32): the actor's weights twice
+    (the module, and the checkpoint's copy while it is loaded) and one acting step of the K tasks.
+
+    Nothing else of the checkpoint: the replay is a file of its own that evaluation never opens, and the
+    checkpoint file is memory-mapped, so the critics, optimiser state and the rest are never read. Not
+    counted, as for training: the Python process and the evaluation envs.
+    """
+    k, hidden, layers = num_tasks, agent.hidden_dim, agent.num_layers
+    trunk, heads = _mlp_parameters(obs_dim, 2 * action_dim, hidden, layers, k, agent.heads == "shared")
+    acting = k * (obs_dim + layers * hidden + 2 * action_dim)
+    return (2 * (trunk + heads) + acting) * FLOAT_BYTES
+
+
 def cgroup_free_bytes(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
     """Room left under this process's cgroup v2 memory limits (Slurm jobs, containers), the
     tightest over its cgroup and its parents; None when no limit is set or readable."""
@@ -159,9 +173,10 @@ def format_bytes(count: float) -> str:
     return f"{value:.1f} TiB"
 
 
-def check_memory(config: TrainConfig) -> None:
+def check_memory(config: TrainConfig, purpose: Purpose = "train") -> None:
     """Refuse a run whose replay, networks and one update (`estimate_memory`) do not fit in the
-    memory free on its device, naming the setting that takes the most and what is free."""
+    memory free on its device, naming the setting that takes the most and what is free; for
+    `purpose="evaluate"`, an evaluation whose actor (`estimate_eval_memory`) does not fit."""
     from mtrl_famo.seeding import resolve_device
 
     device = resolve_device(config.device)
@@ -170,6 +185,16 @@ def check_memory(config: TrainConfig) -> None:
         return
     obs_dim, action_dim = config.env.dims()
     num_tasks = len(config.env.task_names())
+    if purpose == "evaluate":
+        need_eval = estimate_eval_memory(config.agent, num_tasks, obs_dim, action_dim)
+        if need_eval > free:
+            elsewhere = "; pass device=cpu or" if device.type == "cuda" else ";"
+            raise ConfigError(
+                f"Evaluating this run needs about {format_bytes(need_eval)} for its actor (agent.hidden_dim="
+                f"{config.agent.hidden_dim}, agent.num_layers={config.agent.num_layers}) but only "
+                f"{format_bytes(free)} is free on {device.type}{elsewhere} evaluate on a machine with more memory."
+            )
+        return
     need = estimate_memory(config.agent, config.balancer, num_tasks, obs_dim, action_dim)
     if need.total <= free:
         return

@@ -331,3 +331,88 @@ def test_evaluate_cli_reads_a_run_written_before_the_speed_keys(tiny_run, tmp_pa
     capsys.readouterr()
     old, new = (json.loads((tmp_path / name).read_text()) for name in ("old.json", "new.json"))
     assert old["tasks"] == new["tasks"] and old["env_step"] == new["env_step"]
+
+
+# ----- what evaluation reads: the checkpoint file, never the replay file ---------------------------
+
+
+def test_evaluate_needs_neither_the_replay_file_nor_the_training_memory(tiny_run, tmp_path, monkeypatch, capsys):
+    """A copy of the run without its replay file evaluates exactly like the run, with 1 GiB free and a
+    replay setting that training would refuse there (the memory check is evaluation's: the actor); with
+    less room than the actor needs, it is refused in one sentence."""
+    import shutil
+
+    from mtrl_famo import checkpoint, memory
+    from mtrl_famo.config import ConfigError
+
+    run_dir = tmp_path / "copied"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("evaluations"))
+    (replay,) = run_dir.glob(f"{checkpoint.REPLAY_PREFIX}*.pt")
+    assert torch.load(run_dir / checkpoint.LATEST, weights_only=False)["replay_file"] == replay.name
+    replay.unlink()  # as when only config.yaml and checkpoint.pt were copied to a laptop
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2**30)
+    huge = "agent.replay_size=1000000000"  # 1e9 transitions: hundreds of GB for training
+    with pytest.raises(ConfigError, match=r"agent\.replay_size=1000000000 does not fit in memory"):
+        compose(*TINY_RUN, "device=cpu", huge)
+    assert cli([str(run_dir), huge, "--json", "--out", str(tmp_path / "copy.json")]) == 0
+    assert cli([str(tiny_run), "--json", "--out", str(tmp_path / "run.json")]) == 0
+    capsys.readouterr()
+    copy, run = (json.loads((tmp_path / name).read_text()) for name in ("copy.json", "run.json"))
+    assert copy["tasks"] == run["tasks"] and copy["env_step"] == run["env_step"] == 120
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1024)
+    assert cli([str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Evaluating this run needs about") and "only 1.0 KiB is free" in err, err
+    assert err.count("\n") == 1
+
+
+def test_checkpoint_replay_is_a_file_of_its_own(tmp_path) -> None:
+    """Each save writes the replay under a new name that its checkpoint names; only the replays of the
+    newest and the previous checkpoint stay. Resuming reads it back (falling back to the previous
+    checkpoint when the newest one's replay is gone); evaluation reads without it."""
+    from mtrl_famo import checkpoint
+
+    def replay(step: int) -> dict:
+        return {"storage": {"obs": torch.full((2, 3, 4), float(step))}, "position": step, "size": 3}
+
+    for step in (1, 2, 3):
+        checkpoint.save(tmp_path, {"env_step": step, "replay": replay(step)})
+    files = sorted(path.name for path in tmp_path.glob(f"{checkpoint.REPLAY_PREFIX}*.pt"))
+    named = {
+        name: torch.load(tmp_path / name, weights_only=False)["replay_file"]
+        for name in (checkpoint.LATEST, checkpoint.PREVIOUS)
+    }
+    assert files == sorted(named.values()) and len(set(files)) == 2
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    state = checkpoint.load_latest(tmp_path)
+    assert state["env_step"] == 3 and state["replay"]["position"] == 3
+    assert torch.equal(state["replay"]["storage"]["obs"], replay(3)["storage"]["obs"])
+    evaluation = checkpoint.load_latest(tmp_path, replay=False)
+    assert evaluation["env_step"] == 3 and "replay" not in evaluation
+
+    (tmp_path / named[checkpoint.LATEST]).unlink()
+    with pytest.warns(RuntimeWarning, match="resuming from the previous checkpoint"):
+        state = checkpoint.load_latest(tmp_path)
+    assert state["env_step"] == 2 and state["replay"]["position"] == 2
+    assert checkpoint.load_latest(tmp_path, replay=False)["env_step"] == 3
+
+
+def test_checkpoint_of_the_older_layout_is_refused_in_one_sentence(tiny_run, tmp_path, capsys) -> None:
+    """Format 2 held the replay inside checkpoint.pt; nothing was released with it, so it is refused
+    (no conversion), for resuming and for evaluation alike."""
+    import shutil
+
+    from mtrl_famo import checkpoint
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("evaluations"))
+    state = torch.load(run_dir / checkpoint.LATEST, weights_only=False)
+    torch.save({**state, "format_version": 2, "replay": {}}, run_dir / checkpoint.LATEST)
+    with pytest.raises(checkpoint.OlderLayoutError, match="older layout"):
+        checkpoint.load_latest(run_dir)
+    assert cli([str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is a checkpoint of an older layout" in err and err.count("\n") == 1

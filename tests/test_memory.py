@@ -180,3 +180,18 @@ def test_env_dims_match_a_real_metaworld_env(two_task_env) -> None:
         workers=1,
         max_episode_steps=500,
     ).dims() == (39, 4)
+
+
+@pytest.mark.parametrize("heads", ["per_task", "shared"])
+def test_evaluation_counts_the_actor_alone(heads: str) -> None:
+    """`python -m mtrl_famo.evaluate`'s check: the actor's weights twice (module and checkpoint copy) and one
+    acting step, exactly, whatever the replay and batch sizes that training needed."""
+    from mtrl_famo.memory import estimate_eval_memory
+
+    k, hidden, layers, obs_dim = 3, 24, 2, 42
+    agent = build_agent(agent_config(8, hidden, layers, 150, heads=heads), obs_dim, ACTION, k, torch.device("cpu"))
+    actor = sum(p.numel() * p.element_size() for p in agent.actor.parameters())
+    acting = k * (obs_dim + layers * hidden + 2 * ACTION) * 4
+    for batch, replay_size in ((8, 150), (1024, 10**9)):
+        config = agent_config(batch, hidden, layers, replay_size, heads=heads)
+        assert estimate_eval_memory(config, k, obs_dim, ACTION) == 2 * actor + acting
