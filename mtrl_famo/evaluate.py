@@ -10,7 +10,9 @@ modified. Bad input is one sentence on stderr and exit status 2, before any work
 Only what evaluation needs is read: the actor's weights and the step count from the checkpoint file
 (memory-mapped; the critics, optimiser state and the rest stay on disk), never the replay file, so a
 run trained on a GPU node evaluates on a laptop, even without copying its `replay-*.pt`. The memory
-check is evaluation's (the actor), not training's (replay, networks, update). The evaluation env is
+check is evaluation's (the actor), not training's (replay, networks, update), and the training machine's
+settings are not carried over (EVALUATION_SETTINGS: the device is this machine's `auto` unless
+`device=...` is given; compile and CUDA graphs, which only speed up training, are off). The evaluation env is
 built afresh from the run's seed, so a checkpoint evaluates the same however many evaluations the
 run did before it.
 """
@@ -49,6 +51,9 @@ SHAPE_KEYS = (
     "agent.hidden_dim",
     "agent.num_layers",
 )
+
+# Settings of the machine a run trained on, replaced for evaluation before the overrides are applied.
+EVALUATION_SETTINGS = {"device": "auto", "agent.compile": False, "agent.cuda_graph": False}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -172,6 +177,9 @@ def check(argv: list[str]) -> Request:
     for key, value in SPEED_KEYS_OF_OLDER_RUNS.items():  # a run written before these keys existed
         group, leaf = key.split(".")
         saved.setdefault(group, {}).setdefault(leaf, value)
+    for key, value in EVALUATION_SETTINGS.items():  # e.g. device=cuda of a GPU node, on a laptop
+        *group, leaf = key.split(".")
+        (saved.setdefault(group[0], {}) if group else saved)[leaf] = value
     config = from_dict(apply_overrides(saved, list(args.overrides)), purpose="evaluate")
     try:
         state = checkpoint.load_latest(run_dir, map_location="cpu", replay=False)

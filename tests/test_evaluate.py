@@ -337,9 +337,10 @@ def test_evaluate_cli_reads_a_run_written_before_the_speed_keys(tiny_run, tmp_pa
 
 
 def test_evaluate_needs_neither_the_replay_file_nor_the_training_memory(tiny_run, tmp_path, monkeypatch, capsys):
-    """A copy of the run without its replay file evaluates exactly like the run, with 1 GiB free and a
-    replay setting that training would refuse there (the memory check is evaluation's: the actor); with
-    less room than the actor needs, it is refused in one sentence."""
+    """A copy of the run without its replay file, its config.yaml as a GPU node writes it (device=cuda,
+    compile and CUDA graph on), evaluates exactly like the run on this CPU machine without any override,
+    with 1 GiB free and a replay setting that training would refuse there (the memory check is
+    evaluation's: the actor); with less room than the actor needs, it is refused in one sentence."""
     import shutil
 
     from mtrl_famo import checkpoint, memory
@@ -350,6 +351,9 @@ def test_evaluate_needs_neither_the_replay_file_nor_the_training_memory(tiny_run
     (replay,) = run_dir.glob(f"{checkpoint.REPLAY_PREFIX}*.pt")
     assert torch.load(run_dir / checkpoint.LATEST, weights_only=False)["replay_file"] == replay.name
     replay.unlink()  # as when only config.yaml and checkpoint.pt were copied to a laptop
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    saved.device, saved.agent.compile, saved.agent.cuda_graph = "cuda", True, True
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved))
 
     monkeypatch.setattr(memory, "available_memory", lambda device: 2**30)
     huge = "agent.replay_size=1000000000"  # 1e9 transitions: hundreds of GB for training
