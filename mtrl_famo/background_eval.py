@@ -37,9 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtrl_famo.config import VideoConfig
 from mtrl_famo.envs import EnvSpec, EvalResult
 from mtrl_famo.envs.evaluation import PROTOCOLS
 from mtrl_famo.evaluator import Evaluator
+from mtrl_famo.video import Video
 
 CONTEXT = "spawn"
 # Slurm and the terminal signal every process of a job; the trainer alone decides what they mean.
@@ -68,10 +70,21 @@ class BackgroundEvaluator:
     signal that arrives during an evaluation thus waits for it, as blocking evaluation would.)
     """
 
-    def __init__(self, spec: EnvSpec, seed: int, episodes: int, actor: nn.Module, *, protocol: str):
+    def __init__(
+        self,
+        spec: EnvSpec,
+        seed: int,
+        episodes: int,
+        actor: nn.Module,
+        *,
+        protocol: str,
+        video: VideoConfig | None = None,
+    ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"Unknown eval.protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}.")
         self.spec, self.seed, self.episodes, self.protocol = spec, seed, episodes, protocol
+        self.video = video  # the worker renders and encodes the videos (`Evaluator.record`)
+        self._videos: list[tuple[int, dict[str, Video]]] = []
         self.actor = actor
         self.last: EvalResult | None = None
         self._in_flight: int | None = None  # the step of the evaluation the worker is running
@@ -85,10 +98,11 @@ class BackgroundEvaluator:
         self._stop: multiprocessing.util.Finalize | None = None
 
     # ----- the trainer's interface ------------------------------------------------------------
-    def submit(self, step: int) -> None:
-        """Start evaluating the actor as it is now, for `step` (after the previous evaluation ends)."""
+    def submit(self, step: int, video: bool = False) -> None:
+        """Start evaluating the actor as it is now, for `step` (after the previous evaluation ends),
+        with `video` also recording it."""
         self.wait()
-        self._started().put(("evaluate", snapshot(self.actor)))
+        self._started().put(("evaluate", (snapshot(self.actor), video)))
         self._in_flight = step
 
     def wait(self) -> None:
@@ -105,6 +119,11 @@ class BackgroundEvaluator:
             self._finish(self._receive("result"))
         finished, self._finished = self._finished, []
         return finished
+
+    def collect_videos(self) -> list[tuple[int, dict[str, Video]]]:
+        """The (step, videos) of each recording that `collect` or `wait` has received, oldest first."""
+        videos, self._videos = self._videos, []
+        return videos
 
     def state_dict(self) -> dict[str, Any]:
         """`Evaluator.state_dict()`'s content, after the evaluation in flight has finished."""
@@ -147,7 +166,7 @@ class BackgroundEvaluator:
             replies, worker_end = context.Pipe(duplex=False)
             process = context.Process(
                 target=serve,
-                args=(commands, worker_end, os.getpid(), self.spec, self.seed, self.episodes, self.protocol),
+                args=(commands, worker_end, os.getpid(), *self._worker_settings()),
                 name="mtrl_famo-eval",
                 daemon=False,  # a daemonic process may not start the eval env's own worker processes
             )
@@ -162,6 +181,10 @@ class BackgroundEvaluator:
                 commands.put(("load_rng_state", self._pending_rng))
                 self._pending_rng = None
         return self._commands
+
+    def _worker_settings(self) -> tuple[EnvSpec, int, int, str, VideoConfig | None]:
+        """`serve`'s arguments after the channels: what the worker's `Evaluator` is built from."""
+        return self.spec, self.seed, self.episodes, self.protocol, self.video
 
     def _ready(self, timeout: float | None) -> bool:
         assert self._process is not None and self._replies is not None
@@ -194,10 +217,13 @@ class BackgroundEvaluator:
         self.close()
         raise self._error
 
-    def _finish(self, result: dict[str, Any]) -> None:
+    def _finish(self, reply: tuple[dict[str, Any], dict[str, Video]]) -> None:
         assert self._in_flight is not None
+        result, videos = reply
         self.last = EvalResult(**result)
         self._finished.append((self._in_flight, self.last))
+        if videos:
+            self._videos.append((self._in_flight, videos))
         self._in_flight = None
 
 
@@ -226,24 +252,33 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def serve(
-    commands: Any, replies: Connection, parent_pid: int, spec: EnvSpec, seed: int, episodes: int, protocol: str
+    commands: Any,
+    replies: Connection,
+    parent_pid: int,
+    spec: EnvSpec,
+    seed: int,
+    episodes: int,
+    protocol: str,
+    video: VideoConfig | None,
 ) -> None:
-    """The worker's loop: ("actor", pickled module), then any of ("evaluate", snapshot),
+    """The worker's loop: ("actor", pickled module), then any of ("evaluate", (snapshot, record a video?)),
     ("rng_state", None), ("load_rng_state", state), until ("close", None)."""
     die_with_parent(parent_pid)
     for signum in TRAINER_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     torch.set_num_threads(1)
     holder = SimpleNamespace(actor=None)
-    evaluator = Evaluator(spec, seed, episodes, holder, torch.device("cpu"), protocol=protocol)
+    evaluator = Evaluator(spec, seed, episodes, holder, torch.device("cpu"), protocol=protocol, video=video)
     try:
         while True:
             command, payload = commands.get()
             if command == "actor":
                 holder.actor = pickle.loads(payload)
             elif command == "evaluate":
-                holder.actor.load_state_dict({name: torch.from_numpy(array) for name, array in payload.items()})
-                replies.send(("result", dataclasses.asdict(evaluator.run())))
+                weights, record = payload
+                holder.actor.load_state_dict({name: torch.from_numpy(array) for name, array in weights.items()})
+                result = dataclasses.asdict(evaluator.run())
+                replies.send(("result", (result, evaluator.record() if record else {})))
             elif command == "rng_state":
                 replies.send(("rng_state", evaluator.state_dict()["env_rng"]))
             elif command == "load_rng_state":

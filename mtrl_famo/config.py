@@ -66,6 +66,32 @@ class BalancerConfig:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    """configs/video/default.yaml, key for key: what `eval.video=true` records (docs/observability.md)."""
+
+    every: int  # at every Nth evaluation (and at the final one)
+    tasks: Literal["all"] | tuple[str, ...]
+    camera: str
+    width: int
+    height: int
+    frame_stride: int
+    fps: int
+    shadows: bool
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    """configs/wandb/default.yaml, key for key: the optional Weights & Biases logger (docs/observability.md)."""
+
+    enabled: bool
+    project: str
+    entity: str | None
+    group: str | None
+    name: str | None
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """configs/config.yaml with its env, agent and balancer groups (see FIELD_KEYS for the nested keys)."""
 
@@ -86,6 +112,9 @@ class TrainConfig:
     conflicts_every: int
     checkpoint_every: int
     overlap: bool
+    eval_video: bool
+    video: VideoConfig
+    wandb: WandbConfig
 
 
 # Where each plain TrainConfig field sits in the config tree.
@@ -100,13 +129,14 @@ FIELD_KEYS: dict[str, tuple[str, ...]] = {
     "eval_episodes": ("eval", "episodes"),
     "eval_protocol": ("eval", "protocol"),
     "eval_background": ("eval", "background"),
+    "eval_video": ("eval", "video"),
     "log_every": ("log", "every"),
     "conflicts_every": ("log", "conflicts_every"),
     "checkpoint_every": ("checkpoint", "every"),
     "overlap": ("loop", "overlap"),
 }
 FIELD_OF = {keys: field for field, keys in FIELD_KEYS.items() if len(keys) == 2}  # (section, key) -> field
-SECTIONS = ("env", "agent", "balancer", "eval", "log", "checkpoint", "loop")
+SECTIONS = ("env", "agent", "balancer", "video", "wandb", "eval", "log", "checkpoint", "loop")
 ENV_EXTRA_KEYS = ("task",)  # env=mt1's single task name, read through `tasks: ["${env.task}"]`
 
 
@@ -155,6 +185,8 @@ def from_dict(cfg: dict[str, Any], *, purpose: Purpose = "train") -> TrainConfig
         "env": _section(top["env"], "env", _names(EnvSpec), ENV_EXTRA_KEYS),
         "agent": _section(top["agent"], "agent", _names(AgentConfig)),
         "balancer": _section(top["balancer"], "balancer", _names(BalancerConfig)),
+        "video": _section(top["video"], "video", _names(VideoConfig)),
+        "wandb": _section(top["wandb"], "wandb", _names(WandbConfig)),
         **{
             name: _section(top[name], name, [keys[1] for keys in FIELD_KEYS.values() if keys[0] == name])
             for name in ("eval", "log", "checkpoint", "loop")
@@ -187,7 +219,12 @@ def from_dict(cfg: dict[str, Any], *, purpose: Purpose = "train") -> TrainConfig
         bool(plain["progress"]),
     )
     plain["experiment"], plain["eval_protocol"] = str(plain["experiment"]), str(plain["eval_protocol"])
-    config = TrainConfig(env=env, agent=AgentConfig(**sections["agent"]), balancer=balancer, **plain)
+    video_cfg, wandb_cfg = sections["video"], sections["wandb"]
+    video = VideoConfig(**{**video_cfg, "tasks": "all" if video_cfg["tasks"] == "all" else tuple(video_cfg["tasks"])})
+    wandb = WandbConfig(**{**wandb_cfg, "tags": tuple(wandb_cfg["tags"])})
+    config = TrainConfig(
+        env=env, agent=AgentConfig(**sections["agent"]), balancer=balancer, video=video, wandb=wandb, **plain
+    )
     validate(config, purpose=purpose)
     return config
 
@@ -210,7 +247,9 @@ def check_scalar_types(sections: dict[str, dict[str, Any]]) -> None:
                 "reward_normalization",
             ),
         ),
-        ("eval", TrainConfig, ("background",)),
+        ("eval", TrainConfig, ("background", "video")),
+        ("video", VideoConfig, _names(VideoConfig)),
+        ("wandb", WandbConfig, _names(WandbConfig)),
         ("loop", TrainConfig, ("overlap",)),
     ):
         hints = typing.get_type_hints(cls)
@@ -337,6 +376,11 @@ def validate(config: TrainConfig, *, purpose: Purpose = "train") -> None:
     from mtrl_famo.memory import check_memory  # late: mtrl_famo.memory imports this module
 
     check_memory(config, purpose)
+    from mtrl_famo.video import check_video  # late: these import this module
+    from mtrl_famo.wandb_logger import check_wandb
+
+    check_wandb(config.wandb)
+    check_video(config.video, config.env, enabled=config.eval_video)  # last: it may render a probe frame
 
 
 def compose(*overrides: str) -> TrainConfig:

@@ -34,11 +34,12 @@ from mtrl_famo import checkpoint
 from mtrl_famo.agents.networks import Actor
 from mtrl_famo.atomic import write_text_atomic
 from mtrl_famo.build import build_agent
-from mtrl_famo.config import ConfigError, TrainConfig, from_dict
+from mtrl_famo.config import CONFIG_DIR, ConfigError, TrainConfig, from_dict
 from mtrl_famo.evaluator import Evaluator
-from mtrl_famo.run_files import CONFIG_FILE, EVALUATIONS_DIR, SPEED_KEYS_OF_OLDER_RUNS
+from mtrl_famo.run_files import CONFIG_FILE, EVALUATIONS_DIR, SPEED_KEYS_OF_OLDER_RUNS, VIDEOS_DIR
 from mtrl_famo.seeding import resolve_device
 from mtrl_famo.train import check_run_dir
+from mtrl_famo.video import video_path, write_video
 
 # Config keys whose value fixes the agent's shape or the meaning of its rows (task i = row i).
 SHAPE_KEYS = (
@@ -53,7 +54,17 @@ SHAPE_KEYS = (
 )
 
 # Settings of the machine a run trained on, replaced for evaluation before the overrides are applied.
-EVALUATION_SETTINGS = {"device": "auto", "agent.compile": False, "agent.cuda_graph": False}
+# Evaluation records no video unless `eval.video=true` is given (then into evaluations/videos/), and logs to no W&B run.
+EVALUATION_SETTINGS = {
+    "device": "auto",
+    "agent.compile": False,
+    "agent.cuda_graph": False,
+    "eval.video": False,
+    "wandb.enabled": False,
+}
+# Config groups added after the first runs (issue 23): a config.yaml written before them reads them from
+# the package's own configs/<group>/default.yaml, resolved against the run's config.
+LATER_GROUPS = {"video", "wandb"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -174,6 +185,7 @@ def check(argv: list[str]) -> Request:
         raise ConfigError(f"{config_path} cannot be read ({type(error).__name__}); restore it from the run.") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{config_path} is not a config (a mapping of keys); restore it from the run.")
+    saved = with_later_groups(saved)
     for key, value in SPEED_KEYS_OF_OLDER_RUNS.items():  # a run written before these keys existed
         group, leaf = key.split(".")
         saved.setdefault(group, {}).setdefault(leaf, value)
@@ -208,14 +220,34 @@ def check(argv: list[str]) -> Request:
     return Request(run_dir, config, list(args.overrides), agent, device, env_step, out, args.json)
 
 
+def with_later_groups(saved: dict[str, Any]) -> dict[str, Any]:
+    """`saved` with each of LATER_GROUPS it lacks, from the package's config files."""
+    missing = {group: OmegaConf.load(CONFIG_DIR / group / "default.yaml") for group in LATER_GROUPS - saved.keys()}
+    if not missing:
+        return saved
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(missing), saved), resolve=True)
+
+
 def evaluate(request: Request) -> dict[str, Any]:
-    """Evaluate the checkpoint's agent under the requested protocol; returns what the JSON holds."""
+    """Evaluate the checkpoint's agent under the requested protocol; returns what the JSON holds. With
+    `eval.video=true` also records it, into `videos/<task>_step<N>.mp4` beside the JSON."""
     config = request.config
     evaluator = Evaluator(
-        config.env, config.seed, config.eval_episodes, request.agent, request.device, protocol=config.eval_protocol
+        config.env,
+        config.seed,
+        config.eval_episodes,
+        request.agent,
+        request.device,
+        protocol=config.eval_protocol,
+        video=config.video if config.eval_video else None,
     )
+    videos = {}
     try:
         result = evaluator.run()
+        if config.eval_video:
+            for task, video in evaluator.record().items():
+                videos[task] = video_path(request.out.parent / VIDEOS_DIR, task, request.env_step)
+                write_video(videos[task], video)
     finally:
         evaluator.close()
     return {
@@ -231,6 +263,7 @@ def evaluate(request: Request) -> dict[str, Any]:
             {"task": name, "success_rate": float(success), "mean_return": float(ret)}
             for name, success, ret in zip(result.task_names, result.success_rate, result.mean_return)
         ],
+        **({"videos": {task: str(path) for task, path in videos.items()}} if videos else {}),
     }
 
 

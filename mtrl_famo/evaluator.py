@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from mtrl_famo.agents.networks import Actor
+from mtrl_famo.config import VideoConfig
 from mtrl_famo.envs import EnvSpec, EvalResult, MultiTaskEnv, build_env
 from mtrl_famo.envs.evaluation import PROTOCOLS
+from mtrl_famo.video import Video, VideoRecorder
 
 
 class HasActor(Protocol):
@@ -26,10 +28,19 @@ class HasActor(Protocol):
 
 class Evaluator:
     """Runs `episodes` mean-action episodes per task under `protocol` (a key of
-    `mtrl_famo.envs.evaluation.PROTOCOLS`); the env is built on first use, as the protocol needs it."""
+    `mtrl_famo.envs.evaluation.PROTOCOLS`); the env is built on first use, as the protocol needs it.
+    With `video` settings it can also record the policy (`record`), on envs of the recorder's own."""
 
     def __init__(
-        self, spec: EnvSpec, seed: int, episodes: int, agent: HasActor, device: torch.device, *, protocol: str
+        self,
+        spec: EnvSpec,
+        seed: int,
+        episodes: int,
+        agent: HasActor,
+        device: torch.device,
+        *,
+        protocol: str,
+        video: VideoConfig | None = None,
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"Unknown eval.protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}.")
@@ -42,6 +53,8 @@ class Evaluator:
         self.env: MultiTaskEnv | None = None
         self.last: EvalResult | None = None
         self._finished: list[tuple[int, EvalResult]] = []
+        self.recorder = None if video is None else VideoRecorder(spec, seed, video)
+        self._videos: list[tuple[int, dict[str, Video]]] = []
 
     def _env(self) -> MultiTaskEnv:
         if self.env is None:
@@ -57,9 +70,18 @@ class Evaluator:
         self.last = self.protocol.evaluate(self.policy, self._env(), self.episodes)
         return self.last
 
-    def submit(self, step: int) -> None:
-        """Evaluate the current policy now, for `step`; `collect` hands the result over."""
+    def record(self) -> dict[str, Video]:
+        """One rendered episode of the current policy per chosen task (task -> encoded video)."""
+        if self.recorder is None:
+            raise RuntimeError("This evaluator has no video settings; build it with video=<VideoConfig> to record.")
+        return self.recorder.record(self.policy)
+
+    def submit(self, step: int, video: bool = False) -> None:
+        """Evaluate the current policy now, for `step`, and with `video` record it; `collect` and
+        `collect_videos` hand the results over."""
         self._finished.append((step, self.run()))
+        if video:
+            self._videos.append((step, self.record()))
 
     def wait(self) -> None:
         """Nothing to wait for: `submit` has finished each evaluation before it returned."""
@@ -68,6 +90,11 @@ class Evaluator:
         """The (step, result) of each evaluation finished since the last call, oldest first."""
         finished, self._finished = self._finished, []
         return finished
+
+    def collect_videos(self) -> list[tuple[int, dict[str, Video]]]:
+        """The (step, videos) of each recording finished since the last call, oldest first."""
+        videos, self._videos = self._videos, []
+        return videos
 
     def state_dict(self) -> dict[str, Any]:
         """The eval env's RNG (for metaworld also its goal shuffles and their position) and the last result."""
@@ -84,3 +111,5 @@ class Evaluator:
     def close(self) -> None:
         if self.env is not None:
             self.env.close()
+        if self.recorder is not None:
+            self.recorder.close()  # before the interpreter's teardown, which would fail to free its GL contexts

@@ -19,6 +19,9 @@ from mtrl_famo.balanced_backward import ConflictStats
 from mtrl_famo.balancers import Balancer
 from mtrl_famo.envs.evaluation import EvalResult
 from mtrl_famo.learner import UpdateResult
+from mtrl_famo.run_files import VIDEOS_DIR
+from mtrl_famo.video import Video, video_path, write_video
+from mtrl_famo.wandb_logger import WandbRun
 
 EVAL_SUCCESS = "eval/success_rate"  # mean over tasks; per task under f"{EVAL_SUCCESS}/<task>"
 EVAL_RETURN = "eval/return"
@@ -28,6 +31,7 @@ LOSS = {"critic_loss": "loss/critic", "actor_loss": "loss/actor", "alpha_loss": 
 ALPHA = "alpha"  # per task: alpha/<task>
 ENV_STEPS_PER_S = "perf/env_steps_per_s"
 UPDATE_MS = "perf/update_ms"
+EVAL_VIDEO = "eval/video"  # per task: eval/video/<task>, an animated GIF (TensorBoard's images tab)
 
 
 def balancer_prefix(loss: str) -> str:
@@ -48,16 +52,24 @@ def conflict_tags(loss: str) -> dict[str, str]:
 
 
 class MetricsWriter:
-    """The run's TensorBoard event file."""
+    """The run's TensorBoard event file, its evaluation videos and, with `wandb`, its W&B run: every
+    tag is written here once, for every sink."""
 
-    def __init__(self, run_dir: Path, task_names: list[str], purge_step: int | None = None):
+    def __init__(
+        self, run_dir: Path, task_names: list[str], purge_step: int | None = None, wandb: WandbRun | None = None
+    ):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        self.run_dir = Path(run_dir)
         self.task_names = task_names
+        self.wandb = wandb
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        self.writer.add_scalar(tag, float(value), step)
+        value = float(value)
+        self.writer.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.scalar(tag, value, step)
 
     def per_task(self, prefix: str, values: np.ndarray, step: int) -> None:
         for name, value in zip(self.task_names, values):
@@ -69,11 +81,35 @@ class MetricsWriter:
         self.per_task(EVAL_SUCCESS, result.success_rate, step)
         self.per_task(EVAL_RETURN, result.mean_return, step)
 
+    def videos(self, videos: dict[str, Video], step: int) -> None:
+        """Each task's evaluation video of `step`: `<run_dir>/videos/<task>_step<N>.mp4`, and
+        `eval/video/<task>` in TensorBoard (an animated GIF, the summary torch's add_video writes)
+        and in W&B (the mp4)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        for task, video in videos.items():
+            tag = f"{EVAL_VIDEO}/{task}"
+            path = video_path(self.run_dir / VIDEOS_DIR, task, step)
+            write_video(path, video)
+            image = Summary.Image(height=video.height, width=video.width, colorspace=3, encoded_image_string=video.gif)
+            self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+            if self.wandb is not None:
+                self.wandb.video(tag, path, step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """The run's summary (summary.json's content): W&B's run summary; TensorBoard has none."""
+        if self.wandb is not None:
+            self.wandb.summary(values)
+
     def flush(self) -> None:
         self.writer.flush()
+        if self.wandb is not None:
+            self.wandb.flush()
 
     def close(self) -> None:
         self.writer.close()
+        if self.wandb is not None:
+            self.wandb.close()
 
 
 class TrainMetrics:

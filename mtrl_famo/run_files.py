@@ -13,3 +13,6 @@ SPEED_KEYS_OF_OLDER_RUNS = {
     "agent.compile": False,
     "agent.cuda_graph": False,
 }
+
+VIDEOS_DIR = "videos"  # eval.video=true: <task>_step<N>.mp4 (python -m mtrl_famo.evaluate: evaluations/videos)
+WANDB_RUN_ID_FILE = "wandb_run_id"  # wandb.enabled=true: the W&B run id, so a resumed run continues that run

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
 from mtrl_famo import checkpoint
@@ -35,6 +36,7 @@ from mtrl_famo.seeding import (
     use_device,
 )
 from mtrl_famo.timing import UpdateTimer
+from mtrl_famo.wandb_logger import WandbRun
 
 # Options that may change between a checkpoint and its resumption without changing the run.
 # A dotted key names a key of a config group (agent.compile: speed layers that change no result).
@@ -49,6 +51,9 @@ RESUMABLE_CHANGES = (
     "agent.cuda_graph",
     "env.vector_strategy",  # every strategy steps the same sub-envs bit for bit
     "env.workers",
+    "eval_video",  # observability: what is recorded and where it is sent, not what is trained
+    "video",
+    "wandb",
 )
 # What a checkpoint's config written before a key existed means (the loop was sequential then).
 LEGACY_RUN_CONFIG = {"overlap": False}
@@ -88,13 +93,25 @@ class Trainer:
             reward_normalization=config.env.reward_normalization,
         )
         self.evaluator: Evaluator | BackgroundEvaluator
+        video = config.video if config.eval_video else None  # the settings of the videos the evaluator records
         if config.eval_background:  # same results, computed in a worker process while training goes on
             self.evaluator = BackgroundEvaluator(
-                config.env, config.seed, config.eval_episodes, self.agent.actor, protocol=config.eval_protocol
+                config.env,
+                config.seed,
+                config.eval_episodes,
+                self.agent.actor,
+                protocol=config.eval_protocol,
+                video=video,
             )
         else:
             self.evaluator = Evaluator(
-                config.env, config.seed, config.eval_episodes, self.agent, self.device, protocol=config.eval_protocol
+                config.env,
+                config.seed,
+                config.eval_episodes,
+                self.agent,
+                self.device,
+                protocol=config.eval_protocol,
+                video=video,
             )
         self.metrics = TrainMetrics()
         self.update_timer = UpdateTimer(self.device)  # device time on CUDA, read only when logging
@@ -155,8 +172,17 @@ class Trainer:
     def evaluate(self, writer: MetricsWriter, bar: tqdm | None = None) -> None:
         """Evaluate the policy of this step: at once (`eval.background=false`), or in the background
         evaluator's worker while training goes on; either way its result is logged at this step."""
-        self.evaluator.submit(self.env_step)
+        self.evaluator.submit(self.env_step, video=self._video_due())
         self.log_evaluations(writer, bar)
+
+    def _video_due(self) -> bool:
+        """With eval.video: at every `video.every`-th evaluation (by step, so a resumed run agrees)
+        and at the final one."""
+        config, step = self.config, self.env_step
+        if not config.eval_video:
+            return False
+        nth = step // config.eval_every if step % config.eval_every == 0 else None
+        return step >= config.steps or (nth is not None and nth % config.video.every == 0)
 
     def log_evaluations(self, writer: MetricsWriter, bar: tqdm | None = None, *, wait: bool = False) -> None:
         """Log each evaluation that has finished (with `wait`: all of them) at the step it evaluated;
@@ -164,6 +190,8 @@ class Trainer:
         finished = self.evaluator.collect(wait=wait)
         for step, result in finished:
             writer.evaluation(result, step)
+        for step, videos in self.evaluator.collect_videos():
+            writer.videos(videos, step)
         if finished:
             writer.flush()
             if bar is not None:
@@ -275,6 +303,9 @@ class Trainer:
             dynamic_ncols=True,
         )
         try:
+            if config.wandb.enabled:  # in the try: a W&B start that fails still closes the env workers
+                values = dataclasses.asdict(config) if resolved_config is None else yaml.safe_load(resolved_config)
+                writer.wandb = WandbRun(config.wandb, self.run_dir, values, resumed=resumed)
             with PreemptionGuard() as guard:
                 while self.env_step < config.steps:
                     self.step()
@@ -303,6 +334,7 @@ class Trainer:
                     writer.flush()
                     self.save_checkpoint()  # a finished run re-launched (e.g. re-queued) stays finished
             summary = self.summary()
+            writer.summary(summary)
             write_text_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
             return summary
         finally:

@@ -20,7 +20,7 @@ def describe(hint: Any) -> str:
     if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence) and origin is not str:
         (item,) = typing.get_args(hint)[:1] or (Any,)
         return f"a list of {describe(item).removeprefix('a ').removeprefix('an ')}s"
-    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false", type(None): "null"}.get(
         hint, getattr(hint, "__name__", str(hint))
     )
 
