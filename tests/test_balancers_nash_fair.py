@@ -7,8 +7,9 @@ Every expected value here comes from the condition itself, a closed form worked 
 scipy's `root` on the condition written in log-weights (no potential, no Newton step, no helper
 from the implementation). Through `balanced_backward` the reference gradients are a loop of
 `torch.autograd.grad` calls, one per task, as in tests/test_task_gradients.py.
-Published conventions (read from the code): Nash-MTL solves with G G^T / |G G^T|_F and reuses
-alpha between recomputations (AvivNavon/nash-mtl methods/weight_methods.py; MTRL file
+Published conventions (read from the code): Nash-MTL's alpha satisfies the condition in the
+gradients' own scale (the solver sees G G^T / |G G^T|_F, the constraint puts |G G^T|_F back) and is
+reused between recomputations (AvivNavon/nash-mtl methods/weight_methods.py; MTRL file
 Cranial-XIX/FAMO mtrl_files/nashmtl.py); FairGrad's MT10/MT50 runs use α = 2
 (OptMN-Lab/fairgrad mtrl_files/run.sh).
 """
@@ -30,7 +31,7 @@ from mtrl_famo.balancers import GramMixing, make
 from tiny_setup import K, tiny_agent
 from tiny_setup import loss_data as batch
 
-EXACT_NASH = {"normalize_gram": False, "max_norm": 0.0}  # the paper's condition, unclipped
+EXACT_NASH = {"max_norm": 0.0}  # the paper's condition (the default scale), unclipped
 
 
 def random_grads(k: int, seed: int, d: int = 40) -> np.ndarray:
@@ -150,21 +151,22 @@ def test_equal_norm_two_tasks_at_an_angle_by_hand(cosine: float) -> None:
     np.testing.assert_allclose(weights_of(make("fairgrad", 2, alpha=2.0), grads), [w2, w2], rtol=1e-9)
 
 
-def test_published_gram_normalisation() -> None:
-    """normalize_gram solves with A/|A|_F (published code): alpha = sqrt(|A|_F) times the exact one."""
-    grads = random_grads(5, seed=3)
+@pytest.mark.parametrize("size", [1e-4, 1.0, 300.0])
+def test_default_alpha_is_at_the_papers_scale(size: float) -> None:
+    """The YAML default meets alpha_i (A alpha)_i = 1 on the gradients as they are, which is the published
+    codes' constraint -log(alpha_i nf) - log((A/nf) alpha)_i <= 0 (nf = |A|_F) held with equality; so
+    |d| = sqrt(K) and d does not change with the gradients' units."""
+    grads = size * random_grads(5, seed=3)
     gram = grads @ grads.T
-    exact = weights_of(make("nashmtl", 5, **EXACT_NASH), grads)
-    published = weights_of(make("nashmtl", 5, normalize_gram=True, max_norm=0.0), grads)
+    nash = make("nashmtl", 5)
+    direction = nash.combine(torch.from_numpy(grads)).numpy()
+    alpha = nash.weights().numpy()
+    assert residual(alpha, gram, 1.0) <= 1e-8
     frobenius = np.sqrt((gram**2).sum())
-    np.testing.assert_allclose(published, math.sqrt(frobenius) * exact, rtol=1e-10)
-    assert residual(published, gram / frobenius, 1.0) <= 1e-8
-    # Units: the published update scales with the gradients, the exact one does not change.
-    for options, power in ((EXACT_NASH, 0), ({"normalize_gram": True, "max_norm": 0.0}, 1)):
-        g = torch.from_numpy(grads)
-        base = make("nashmtl", 5, **options).combine(g)
-        for c in (1e-3, 40.0):
-            torch.testing.assert_close(make("nashmtl", 5, **options).combine(c * g), c**power * base, rtol=1e-8, atol=0)
+    np.testing.assert_allclose(-np.log(alpha * frobenius) - np.log((gram / frobenius) @ alpha), 0.0, atol=1e-8)
+    assert np.linalg.norm(direction) == pytest.approx(math.sqrt(5), rel=1e-8)
+    unit = make("nashmtl", 5).combine(torch.from_numpy(random_grads(5, seed=3))).numpy()
+    np.testing.assert_allclose(direction, unit, rtol=1e-8)
 
 
 # ---------------------------------------------------------------- update_weights_every and max_norm
@@ -189,31 +191,28 @@ def test_update_weights_every_recomputes_exactly_every_n_updates() -> None:
             assert not np.allclose(weights, fresh, rtol=1e-3), "reuse must be visible"
 
 
-@pytest.mark.parametrize("normalize_gram", [False, True])
-def test_max_norm_clips_exactly_and_only_above(normalize_gram: bool) -> None:
+def test_max_norm_clips_exactly_and_only_above() -> None:
     k = 4
     grads = torch.from_numpy(random_grads(k, seed=5) * 0.3)
-    free = make("nashmtl", k, normalize_gram=normalize_gram, max_norm=0.0).combine(grads)
+    free = make("nashmtl", k, max_norm=0.0).combine(grads)
     norm = free.norm().item()
     for max_norm in (0.25 * norm, 0.999 * norm):
-        clipped = make("nashmtl", k, normalize_gram=normalize_gram, max_norm=max_norm).combine(grads)
+        clipped = make("nashmtl", k, max_norm=max_norm).combine(grads)
         assert clipped.norm().item() == pytest.approx(max_norm, rel=1e-12)
         torch.testing.assert_close(clipped, free * (max_norm / norm), rtol=1e-12, atol=0)
     for max_norm in (1.001 * norm, 10 * norm):
-        torch.testing.assert_close(
-            make("nashmtl", k, normalize_gram=normalize_gram, max_norm=max_norm).combine(grads), free, rtol=0, atol=0
-        )
+        torch.testing.assert_close(make("nashmtl", k, max_norm=max_norm).combine(grads), free, rtol=0, atol=0)
 
 
 def test_max_norm_applies_to_reused_weights_on_the_new_gradients() -> None:
     k = 3
-    nash = make("nashmtl", k, update_weights_every=2, normalize_gram=False, max_norm=1.2)
+    nash = make("nashmtl", k, update_weights_every=2, max_norm=1.2)
     first = torch.from_numpy(random_grads(k, seed=1))
     d0 = nash.combine(first)
     assert d0.norm().item() == pytest.approx(1.2, rel=1e-12)  # |d| = sqrt(3) > 1.2 before clipping
     unclipped = torch.from_numpy(scipy_weights((first @ first.T).numpy(), 1.0))
     for scale, want_norm in ((5.0, 1.2), (0.1, None)):  # reused alpha on a big and a small new G
-        nash = make("nashmtl", k, update_weights_every=2, normalize_gram=False, max_norm=1.2)
+        nash = make("nashmtl", k, update_weights_every=2, max_norm=1.2)
         nash.combine(first)
         second = scale * torch.from_numpy(random_grads(k, seed=2))
         d1 = nash.combine(second)
@@ -236,8 +235,6 @@ def test_identical_task_gradients_share_the_weight_evenly() -> None:
     np.testing.assert_allclose(weights_of(make("nashmtl", 2, **EXACT_NASH), grads), [1 / (13 * 2**0.5)] * 2, rtol=1e-9)
     w = (2 * 13.0**2) ** (-2 / 3)  # FairGrad α=2: 2 n^2 w = w^(-1/2)
     np.testing.assert_allclose(weights_of(make("fairgrad", 2, alpha=2.0), grads), [w, w], rtol=1e-9)
-    # Published normalisation: alpha = sqrt(|A|_F) a = sqrt(2 n^2) / (n sqrt 2) = 1, d = 2 g.
-    np.testing.assert_allclose(weights_of(make("nashmtl", 2, normalize_gram=True, max_norm=0.0), grads), [1, 1])
 
 
 def test_a_zero_task_gradient_gets_no_weight_and_the_rest_are_solved_without_it() -> None:
@@ -304,8 +301,6 @@ def test_single_task() -> None:
     g = torch.tensor([[3.0, -4.0]], dtype=torch.float64)  # n = 5
     # Nash exact: alpha n^2 = 1/alpha -> alpha = 1/n, d = g/|g| (unit norm = sqrt(K)).
     torch.testing.assert_close(make("nashmtl", 1, **EXACT_NASH).combine(g), g[0] / 5)
-    # Published normalisation: alpha = sqrt(n^2) / n = 1, d = g (plain gradient descent).
-    torch.testing.assert_close(make("nashmtl", 1, normalize_gram=True, max_norm=0.0).combine(g), g[0])
     # FairGrad: w = n^(-2α/(α+1)).
     torch.testing.assert_close(make("fairgrad", 1, alpha=3.0).combine(g), 5.0 ** (-1.5) * g[0])
 
@@ -324,7 +319,7 @@ def test_float32_gradients_keep_dtype_and_accuracy() -> None:
 
 @pytest.mark.parametrize(
     "name, options",
-    [("nashmtl", {"update_weights_every": 3, "max_norm": 1.5, "normalize_gram": False}), ("fairgrad", {})],
+    [("nashmtl", {"update_weights_every": 3, "max_norm": 1.5}), ("fairgrad", {})],
 )
 def test_state_round_trip_mid_run(name: str, options: dict) -> None:
     k = 4
@@ -379,8 +374,8 @@ def test_bad_option_values_fail_in_one_sentence(name: str, options: dict, shown:
 
 def test_both_are_gram_mixing_methods() -> None:
     assert isinstance(make("nashmtl", 3), GramMixing) and isinstance(make("fairgrad", 3), GramMixing)
-    with pytest.raises(ValueError, match="wrong type"):
-        make("nashmtl", 3, normalize_gram=1)
+    with pytest.raises(ValueError, match="Unknown option 'normalize_gram'"):  # removed: alpha is at the paper's scale
+        make("nashmtl", 3, normalize_gram=True)
 
 
 # ---------------------------------------------------------------- through balanced_backward on a tiny agent
@@ -388,16 +383,14 @@ def test_both_are_gram_mixing_methods() -> None:
 
 @pytest.mark.parametrize("case", ["critic", "actor"])
 @pytest.mark.parametrize(
-    "name, options, fairness, normalized",
+    "name, options, fairness",
     [
-        ("nashmtl", {}, 1.0, True),  # the YAML defaults: published Gram normalisation
-        ("nashmtl", EXACT_NASH, 1.0, False),
-        ("fairgrad", {}, 2.0, False),  # the YAML default α = 2
+        ("nashmtl", {}, 1.0),  # the YAML defaults
+        ("nashmtl", EXACT_NASH, 1.0),
+        ("fairgrad", {}, 2.0),  # the YAML default α = 2
     ],
 )
-def test_balanced_backward_against_per_task_autograd(
-    case: str, name: str, options: dict, fairness: float, normalized: bool
-) -> None:
+def test_balanced_backward_against_per_task_autograd(case: str, name: str, options: dict, fairness: float) -> None:
     loss_fn = critic_loss if case == "critic" else actor_loss
     agent, data = tiny_agent(), batch(case)
     params = {n: p for n, p in agent.named_parameters() if n.startswith(f"{case}.")}
@@ -416,8 +409,6 @@ def test_balanced_backward_against_per_task_autograd(
     # The weights satisfy the method's condition on the brute-force Gram matrix ...
     weights = balancer.weights().numpy()
     gram = (reference @ reference.T).numpy()
-    if normalized:
-        gram = gram / np.sqrt((gram**2).sum())
     assert (weights > 0).all()
     assert residual(weights, gram, fairness) <= 1e-7
     np.testing.assert_allclose(weights, scipy_weights(gram, fairness), rtol=1e-7)

@@ -11,12 +11,14 @@ relative to each task's squared gradient norm for singular Gram matrices; see th
 degenerate inputs give).
 The paper instead runs up to 20 rounds of a convex approximation through cvxpy/ECOS.
 
-Scale. The exact solution has |d|^2 = alpha^T A alpha = Σ_i alpha_i (A alpha)_i = K whatever the
-gradients' size: d does not change when G is multiplied by a constant. The published code
-(AvivNavon/nash-mtl methods/weight_methods.py, and the MTRL file Cranial-XIX/FAMO
-mtrl_files/nashmtl.py) solves with G G^T / |G G^T|_F instead, which multiplies alpha by
-sqrt(|A|_F) and makes d scale with the gradients like an ordinary gradient; `normalize_gram`
-chooses between the two.
+Scale. alpha is in the gradients' own units, as in the paper: alpha_i (A alpha)_i = 1 with the
+Gram matrix A of the gradients as they are, so |d|^2 = alpha^T A alpha = sum_i alpha_i (A alpha)_i = K
+whatever the gradients' size (multiplying G by s divides alpha by s and leaves d unchanged). Both
+published codes (AvivNavon/nash-mtl methods/weight_methods.py, and the MTRL file Cranial-XIX/FAMO
+mtrl_files/nashmtl.py) solve for this alpha: they hand their solver G G^T / |G G^T|_F for
+conditioning but put the factor back in its constraint (-log(alpha_i |A|_F) - log((A / |A|_F) alpha)_i
+<= 0, i.e. alpha_i (A alpha)_i >= 1 in the original scale, active at their optimum). Here the solver scales internally too (by the mean
+squared gradient norm, `fairgrad.solve_alpha_fair`) and returns alpha in the original scale.
 
 Cheaper variant and clipping, as in the published code: alpha is recomputed every
 `update_weights_every`-th update and reused in between (the old alpha applied to the new G), and
@@ -47,7 +49,6 @@ class NashMTL(HostGramMixing):
         *,
         update_weights_every: int,
         max_norm: float,
-        normalize_gram: bool,
         ridge: float,
         tol: float,
         max_iter: int,
@@ -65,7 +66,6 @@ class NashMTL(HostGramMixing):
             raise ValueError(f"Nash-MTL max_iter must be at least 1, got {max_iter}.")
         self.update_weights_every = int(update_weights_every)
         self.max_norm = float(max_norm)
-        self.normalize_gram = bool(normalize_gram)
         self.ridge = float(ridge)
         self.tol = float(tol)
         self.max_iter = int(max_iter)
@@ -82,8 +82,6 @@ class NashMTL(HostGramMixing):
             )
             if scaled is not None:
                 self.start = scaled
-            if self.normalize_gram:
-                alpha = alpha * math.sqrt(float(np.linalg.norm(symmetric)))
             self.alpha = alpha
         self.step += 1
         mixing = self.alpha.copy()
