@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+from functools import partial
 
 import torch
+from bench_timing import interleaved_ms, time_ms
 
 from mtrl_famo import balancers
 from mtrl_famo.build import build_agent, build_learner, build_replay
@@ -70,14 +71,9 @@ def make_learner(config: TrainConfig, device: torch.device) -> tuple[SACLearner,
 
 
 def time_update(learner: SACLearner, replay: TaskReplay, batch: int, device: torch.device) -> float:
+    """One update on a fresh sample (the sampling is not timed)."""
     sample = replay.sample(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    learner.update(sample)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
+    return time_ms(lambda: learner.update(sample), device)
 
 
 def bench(k: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -85,13 +81,11 @@ def bench(k: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
     names = ["mtsac", *(name for name in chosen if name != "mtsac")]  # the baseline first: ratios are to it
     configs = {name: bench_config(name, k, args) for name in names}
     setups = {name: make_learner(config, device) for name, config in configs.items()}
-    for name, (learner, replay) in setups.items():
-        for _ in range(args.warmup):
-            time_update(learner, replay, configs[name].agent.batch_size_per_task, device)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(args.repeats):
-        for name, (learner, replay) in setups.items():
-            times[name].append(time_update(learner, replay, configs[name].agent.batch_size_per_task, device))
+    timers = {
+        name: partial(time_update, learner, replay, configs[name].agent.batch_size_per_task, device)
+        for name, (learner, replay) in setups.items()
+    }
+    times = interleaved_ms(timers, args.repeats, args.warmup)
     base = statistics.median(times["mtsac"])
     return [
         {

@@ -9,6 +9,8 @@ the gradient of its `weighted_loss`. `.grad` must be replaced: every parameter s
 
 from __future__ import annotations
 
+import json
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -18,6 +20,7 @@ from torch import nn
 
 from mtrl_famo.balancers import (
     NAMES,
+    REGISTRY,
     GradientManipulation,
     GramMixing,
     LossWeighting,
@@ -26,6 +29,9 @@ from mtrl_famo.balancers import (
     make,
     options_of,
 )
+from mtrl_famo.balancers.backprop import auto_jacobian
+
+from conftest import REPO
 
 K, N, B, IN, HIDDEN = 3, 7, 5, 4, 6
 SCALES = torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64)  # loss scales that differ by orders of magnitude
@@ -199,7 +205,23 @@ class HostRoundTrip(torch.autograd.Function):
         return torch.from_numpy(2 * g.detach().numpy())
 
 
-def test_auto_falls_back_to_the_loop_when_the_batched_pass_is_refused() -> None:
+@pytest.fixture
+def two_threads():
+    """`jacobian="auto"` tries the batched pass only with more than one CPU thread (tests run on one)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_auto_is_the_loop_on_one_cpu_thread_and_batched_otherwise(two_threads) -> None:
+    assert auto_jacobian(torch.device("cpu")) == "batched"
+    assert auto_jacobian(torch.device("cuda", 0)) == "batched"
+    torch.set_num_threads(1)
+    assert auto_jacobian(torch.device("cpu")) == "loop"
+
+
+def test_auto_falls_back_to_the_loop_when_the_batched_pass_is_refused(two_threads) -> None:
     net, data, _ = setup("shared_batched")
 
     def losses_through_numpy() -> torch.Tensor:
@@ -253,3 +275,41 @@ def test_a_seeded_method_says_which_argument_it_needs(name: str) -> None:
         make(name, K)
     assert "pass seed=... to make()" in one_sentence(error)
     assert name in {"pcgrad", "graddrop", "rlw"}, "a new seeded method: say so in docs/library.md"
+
+
+@pytest.fixture(scope="module")
+def bench_backward():
+    """scripts/bench_backward.py imported as a module (in-process: it is run for its rows, not timed)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import bench_backward
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    return bench_backward
+
+
+def test_the_benchmark_has_every_row(bench_backward, capsys) -> None:
+    tiny = ["--tasks", "2", "--batch", "4", "--inputs", "3", "--hidden", "4", "--layers", "1"]
+    bench_backward.main([*tiny, "--repeats", "1", "--warmup", "0", "--threads", "1", "--json"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    gram = [n for n in NAMES if issubclass(REGISTRY[n], GramMixing)]
+    assert [(r["layout"], r["row"]) for r in rows] == [
+        ("grouped", "plain"),
+        *(("grouped", n) for n in NAMES),
+        ("shared", "plain"),
+        ("shared", "loop"),
+        ("shared", "batched"),
+        *(("shared", n) for n in NAMES),
+        *(("shared", f"{n}+wb") for n in gram),
+    ]
+    assert all(r["ms"] > 0 and r["x_plain"] > 0 for r in rows)
+    assert all("x_loop" in r for r in rows if r["layout"] == "shared")
+
+
+def test_the_benchmark_refuses_bad_input_in_one_line(bench_backward, capsys) -> None:
+    for arguments, needle in ((["--balancers", "cagard"], "'cagard'"), (["--tasks", "3", "--batch", "10"], "10")):
+        with pytest.raises(SystemExit) as exit_code:
+            bench_backward.main(arguments)
+        assert exit_code.value.code == 2
+        message = capsys.readouterr().err.strip()
+        assert "\n" not in message and needle in message

@@ -20,11 +20,15 @@ Conventions (the SAC learner's: mtrl_famo/learner.py calls `backward_grouped`, w
 How J is built (the cheapest measured way; `scripts/bench_backward.py`):
 
 - Shared input (`backward`): every task may read every row, so J costs about K backward passes
-  however it is built. It is built batched: ONE backward pass vmapped over the K unit cotangents
-  (`autograd.grad(..., is_grads_batched=True)`), measured faster than a loop of K `autograd.grad`
-  calls; `jacobian="loop"` takes the loop instead (less memory: one task's gradients at a time in
-  the backward pass), and `auto` falls back to it when the model has an operation that the batched
-  pass refuses.
+  however it is built (the same matmuls; no cheaper route to even the Gram matrix exists for batches
+  larger than the layers' widths). Two builds, measured with scripts/bench_backward.py (3 x 400
+  trunk, batch 1280, K = 10, CPU): `batched`, ONE backward pass vmapped over the K unit cotangents
+  (`autograd.grad(..., is_grads_batched=True)`), about half the time of the loop with 2 threads;
+  `loop`, K `autograd.grad` calls, about 1.2x faster than batched on one thread, where the batched
+  pass's extra copies of the `[K, ...]` cotangents are not paid back by fewer, larger operations
+  (and the lighter one in memory: one task's gradients at a time). `auto` takes the loop on a
+  CPU running torch on one thread and batched elsewhere (GPU: not measured), and falls back to
+  the loop when the model has an operation that the batched pass refuses.
 - Task-grouped data (`backward_grouped`): task k's loss reads only rows k of `[K, B, ...]` data, so
   the K gradients come out of one pass vmapped over the task axis, costing about one backward.
 
@@ -156,8 +160,16 @@ def batched_jacobian(losses: torch.Tensor, params: Sequence[torch.Tensor], retai
     return list(grads)
 
 
+def auto_jacobian(device: torch.device) -> str:
+    """What `jacobian="auto"` builds on `device`: the loop on a CPU running torch on one thread, where it
+    measured faster, and batched elsewhere (see the module docstring)."""
+    return "loop" if device.type == "cpu" and torch.get_num_threads() == 1 else "batched"
+
+
 def shared_input_jacobian(losses: torch.Tensor, params: Sequence[torch.Tensor], jacobian: str) -> list[torch.Tensor]:
     """The `[K, *shape]` task gradients of `params` by the method chosen (see the module docstring)."""
+    if jacobian == "auto" and auto_jacobian(losses.device) == "loop":
+        jacobian = "loop"
     if jacobian == "loop":
         return loop_jacobian(losses, params)
     if jacobian == "batched":
