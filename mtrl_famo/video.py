@@ -60,6 +60,7 @@ _WORKING_BACKENDS: set[str] = set()  # probed in this process already
 CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 MAX_GIF_FPS = 50  # GIF frame delays are whole hundredths of a second, and browsers slow down below 2
 MIN_SIZE, MAX_SIZE = 16, 4096  # pixels per side
+GIF_PALETTE_FRAMES = 6  # frames the GIF's one palette is drawn from
 VIDEO_PACKAGES = {"PyAV": "av", "Pillow": "PIL"}  # the `video` extra: what encodes the mp4 and the GIF
 
 
@@ -301,10 +302,19 @@ def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
 
 def encode_gif(frames: np.ndarray, fps: int) -> bytes:
     """An endlessly looping animated GIF: what TensorBoard's image tab plays (and what torch's
-    add_video writes, through moviepy 1.x, whose `moviepy.editor` moviepy 2 removed)."""
+    add_video writes, through moviepy 1.x, whose `moviepy.editor` moviepy 2 removed).
+
+    One 256-colour palette for the whole video, from a few of its frames (fast octree, no
+    dithering): a tenth of the time of Pillow's per-frame median cut and smaller files, no flicker.
+    """
     from PIL import Image
 
-    images = [Image.fromarray(np.ascontiguousarray(frame)) for frame in frames]
+    sample = np.concatenate(frames[:: max(1, len(frames) // GIF_PALETTE_FRAMES)], axis=0)
+    palette = Image.fromarray(sample).quantize(256, method=Image.Quantize.FASTOCTREE)
+    images = [
+        Image.fromarray(np.ascontiguousarray(frame)).quantize(palette=palette, dither=Image.Dither.NONE)
+        for frame in frames
+    ]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     return buffer.getvalue()
