@@ -181,7 +181,7 @@ def test_pcgrad_two_tasks_are_permutation_equivariant() -> None:
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("name", sorted(HOMOGENEITY))
 def test_positive_homogeneity(name: str, dtype: torch.dtype) -> None:
-    """d(sG) = s^p d(G) for gradient norms from 1e-8 to 1e4 (scales 1e-6 and 1e3 of unit-size inputs)."""
+    """d(sG) = s^p d(G) for gradient norms from about 1e-8 to 1e4 (scales 1e-8 and 1e4 of unit-size inputs)."""
     power = HOMOGENEITY[name]
     if power is None:
         alpha = build(name, 2).alpha
@@ -197,13 +197,13 @@ def test_positive_homogeneity(name: str, dtype: torch.dtype) -> None:
         "rank_deficient",
     ]
     if name in ("nashmtl", "fairgrad"):  # the origin in the hull: no solution, the ridge-capped one is ill-conditioned
-        cases = ["random", "zero_row", "identical_pairs", "norms_1e-8_to_1e4"]
+        cases = ["random", "zero_row", "identical_pairs", "norms_1e-3_to_1e3"]
     for case in cases:
         g = as_tensor(case, dtype)
         direction = update(name, g)[0]
         # d = 0 where the origin is in the hull (MGDA, IMTL-G, CAGrad with c >= 1): rounding of G's size
         floor = 64 * eps(dtype) * float(np.abs(CASES[case]).max()) ** power if power else 0.0
-        for s in (1e-6, 1e3):
+        for s in (1e-8, 1e4):
             scaled = update(name, g * s)[0]
             atol = rtol * np.abs(direction).max() + floor
             np.testing.assert_allclose(scaled / s**power, direction, rtol=rtol, atol=atol, err_msg=f"{case} s={s}")
