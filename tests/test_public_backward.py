@@ -186,6 +186,17 @@ def test_result_carries_the_gram_matrix_and_losses() -> None:
     assert result.shared_grads is None and not result.losses.requires_grad
 
 
+@pytest.mark.parametrize("jacobian", ["batched", "loop"])
+@pytest.mark.parametrize("name", ["cagrad", "graddrop", "mtsac"])
+def test_a_parameter_no_loss_reaches_gets_a_zero_gradient(name: str, jacobian: str) -> None:
+    net, data, loss_fn = setup("shared_batched")
+    unused = nn.Parameter(torch.ones(2, 3, dtype=torch.float64))
+    unused.grad = torch.ones_like(unused)
+    backward(loss_fn(net, *data), [*net.shared(), unused], build(name), net.heads(), jacobian=jacobian)
+    assert torch.equal(unused.grad, torch.zeros_like(unused))
+    assert all(p.grad.abs().sum() > 0 for p in net.shared())
+
+
 def test_task_specific_is_optional() -> None:
     net, data, loss_fn = setup("shared_batched")
     backward(loss_fn(net, *data), net.trunk, make("cagrad", K), None)
@@ -264,6 +275,12 @@ def test_bad_input_is_one_sentence() -> None:
     with pytest.raises(ValueError) as error:
         backward_grouped(net, grouped_losses, (torch.zeros(K + 1, B, IN), torch.zeros(K + 1, B)), make("cagrad", K))
     assert "(4, 5, 4)" in one_sentence(error) and "num_tasks=3" in one_sentence(error)
+    with pytest.raises(ValueError) as error:
+        everything = lambda name: True  # noqa: E731 - every parameter claimed to carry the task axis
+        backward_grouped(
+            net, grouped_losses, (torch.zeros(K, B, IN), torch.zeros(K, B)), make("cagrad", K), task_axis=everything
+        )
+    assert "'trunk.0.weight' of shape (6, 4)" in one_sentence(error) and "num_tasks=3" in one_sentence(error)
     with pytest.raises(ValueError) as error:
         make("famo_typo", K)
     assert "famo_typo" in one_sentence(error) and "famo" in str(error.value).split("choose one of")[1]

@@ -147,17 +147,13 @@ def loop_jacobian(losses: torch.Tensor, params: Sequence[torch.Tensor]) -> list[
 
 def batched_jacobian(losses: torch.Tensor, params: Sequence[torch.Tensor], retain_graph: bool) -> list[torch.Tensor]:
     """`[K, *shape]` per parameter from ONE backward pass vmapped over the K unit cotangents."""
-    eye = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
+    num_tasks = losses.shape[0]
+    eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
     grads = torch.autograd.grad(
-        losses,
-        params,
-        grad_outputs=eye,
-        is_grads_batched=True,
-        retain_graph=retain_graph,
-        allow_unused=True,
-        materialize_grads=True,
+        losses, params, grad_outputs=eye, is_grads_batched=True, retain_graph=retain_graph, allow_unused=True
     )
-    return list(grads)
+    # A parameter no loss reaches gets None (materialize_grads would give it one unbatched zero).
+    return [p.new_zeros((num_tasks, *p.shape)) if g is None else g for p, g in zip(params, grads)]
 
 
 def auto_jacobian(device: torch.device) -> str:
@@ -358,6 +354,12 @@ def backward_grouped(
             raise ValueError(
                 f"backward_grouped got a data tensor of shape {tuple(tensor.shape)}; task-grouped data has the task "
                 f"axis first, of size num_tasks={balancer.num_tasks}."
+            )
+    for name, parameter in named.items():
+        if is_task(name) and (parameter.ndim == 0 or parameter.shape[0] != balancer.num_tasks):
+            raise ValueError(
+                f"backward_grouped got task-axis parameter '{name}' of shape {tuple(parameter.shape)}; a task-axis "
+                f"parameter has the task axis first, of size num_tasks={balancer.num_tasks}."
             )
     if isinstance(balancer, LossWeighting):
         losses, aux = _split_loss(loss_fn(model, *data))
