@@ -38,7 +38,7 @@ from torch import nn
 
 from mtrl_famo import balancers
 from mtrl_famo.balancers import GramMixing, LossWeighting, backward, backward_grouped
-from mtrl_famo.balancers.backprop import batched_jacobian, loop_jacobian
+from mtrl_famo.balancers.backprop import batched_jacobian, decides_from_gram, loop_jacobian
 
 
 class Net(nn.Module):
@@ -147,7 +147,7 @@ def table(args: argparse.Namespace) -> list[dict]:
         method = label.removesuffix("+wb")
         if method in balancers.REGISTRY:
             row["kind"] = "loss" if issubclass(balancers.REGISTRY[method], LossWeighting) else "gradient"
-            row["kind"] += "/gram" if issubclass(balancers.REGISTRY[method], GramMixing) else ""
+            row["kind"] += "/gram" if decides_from_gram(balancers.REGISTRY[method]) else ""
         out.append(row)
     return out
 

@@ -29,7 +29,7 @@ from mtrl_famo.balancers import (
     make,
     options_of,
 )
-from mtrl_famo.balancers.backprop import auto_jacobian
+from mtrl_famo.balancers.backprop import auto_jacobian, decides_from_gram
 
 from conftest import REPO
 
@@ -164,11 +164,41 @@ def test_a_non_gram_method_gets_the_stacked_jacobian(layout: str) -> None:
     assert balancer.seen.shape == (K, sum(p.numel() for p in net.shared()))
 
 
+class EqualMix(GramMixing):
+    """A Gram-space method that keeps the base class's combine: it is handed the Gram matrix only."""
+
+    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return torch.full((gram.shape[0],), 1.0 / gram.shape[0], dtype=gram.dtype)
+
+    def combine(self, grads: torch.Tensor) -> torch.Tensor:  # the base class's maths, recording what it saw
+        self.seen = grads
+        return super().combine(grads)
+
+
+class EqualMixFromGram(GramMixing):
+    def mixing_weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return torch.full((gram.shape[0],), 1.0 / gram.shape[0], dtype=gram.dtype)
+
+
+def test_a_gram_method_that_overrides_combine_gets_the_stacked_jacobian() -> None:
+    """Overriding combine says the method needs the vectors (CAGrad measures norms on them)."""
+    assert decides_from_gram(EqualMixFromGram) and not decides_from_gram(EqualMix)
+    for layout in LAYOUTS:
+        net, data, loss_fn = setup(layout)
+        overriding, from_gram = EqualMix(K), EqualMixFromGram(K)
+        run_public(layout, net, data, loss_fn, from_gram)
+        want = {p: p.grad.clone() for p in net.parameters()}
+        run_public(layout, net, data, loss_fn, overriding)
+        assert overriding.seen.shape == (K, sum(p.numel() for p in net.shared()))
+        for parameter in net.parameters():
+            torch.testing.assert_close(parameter.grad, want[parameter], **TOL)
+
+
 def test_the_kinds_are_all_covered() -> None:
     """Every kind of balancer is among the registered ones the brute-force test runs."""
     kinds = [build(name) for name in NAMES]
     assert any(isinstance(b, LossWeighting) for b in kinds)
-    assert any(isinstance(b, GramMixing) for b in kinds)
+    assert any(decides_from_gram(b) for b in kinds)
     assert any(isinstance(b, GradientManipulation) and not isinstance(b, GramMixing) for b in kinds)
 
 

@@ -32,9 +32,11 @@ How J is built (the cheapest measured way; `scripts/bench_backward.py`):
 - Task-grouped data (`backward_grouped`): task k's loss reads only rows k of `[K, B, ...]` data, so
   the K gradients come out of one pass vmapped over the task axis, costing about one backward.
 
-Gram-space methods (`GramMixing`: pcgrad, cagrad, nashmtl, fairgrad, mgda, imtl, aligned_mtl) decide
-from the K x K Gram matrix alone: it is summed parameter by parameter and the update is `m^T J`
-parameter by parameter, so the `[K, D]` matrix is never concatenated. (Following the Gram matrix
+Gram-space methods (`GramMixing` with its own `combine`: pcgrad, nashmtl, fairgrad, mgda, imtl,
+aligned_mtl) decide from the K x K Gram matrix alone: it is summed parameter by parameter and the
+update is `m^T J` parameter by parameter, so the `[K, D]` matrix is never concatenated. A method
+that overrides `combine` says it needs the vectors (CAGrad measures its norms on them) and gets the
+stacked `[K, D]` matrix, as every other gradient method does (`decides_from_gram`). (Following the Gram matrix
 with a second backward of `sum_k m_k l_k` instead of `m^T J` was measured too: it costs one more
 backward pass than the two small matmuls it replaces, since J is needed for the Gram matrix anyway.)
 """
@@ -249,6 +251,13 @@ def _assign(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> No
         parameter.grad = gradient
 
 
+def decides_from_gram(balancer: Balancer | type[Balancer]) -> bool:
+    """Whether the public backward hands this method only the Gram matrix (a `GramMixing` whose
+    `combine` is the base class's `mix(J J^T) @ J`) rather than the stacked `[K, D]` Jacobian."""
+    cls = balancer if isinstance(balancer, type) else type(balancer)
+    return issubclass(cls, GramMixing) and cls.combine is GramMixing.combine
+
+
 def apply_gradient_method(
     balancer: GradientManipulation, shared: Sequence[torch.Tensor], jacobian: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -259,7 +268,7 @@ def apply_gradient_method(
     """
     num_tasks = balancer.num_tasks
     flat = [block.reshape(num_tasks, -1) for block in jacobian]
-    if isinstance(balancer, GramMixing) and type(balancer).combine is GramMixing.combine:
+    if decides_from_gram(balancer):
         gram = flat[0] @ flat[0].T
         for block in flat[1:]:
             gram = gram + block @ block.T
