@@ -77,6 +77,7 @@ class VideoConfig:
     frame_stride: int
     fps: int
     shadows: bool
+    reflections: bool
 
 
 @dataclass(frozen=True)

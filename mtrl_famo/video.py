@@ -9,12 +9,13 @@ Before every video it restores that env to its state right after construction an
 the seed the vector env gives that row, so every video of a task shows the same goal and start
 (with `env.goals=fixed`, the training goal): the videos of a run differ only by the policy.
 
-Software rendering (Mesa's llvmpipe) is slow, and most of a frame's cost is the shadow map (MuJoCo
-draws a 4096 x 4096 one for each shadow-casting light) and multisampling, not the frame's size:
-a 160 x 120 frame costs about 0.16 s with both and 0.02 s without. So multisampling is off and
-shadows are a config key (`video.shadows`, off by default). Frames are encoded where they were
-rendered (H.264 mp4 for the run directory and W&B, an animated GIF for TensorBoard's image tab),
-so only a few hundred KB per video cross processes.
+Software rendering (Mesa's llvmpipe) is slow, and a frame's cost is the shadow map (MuJoCo draws a
+4096 x 4096 one for each shadow-casting light), multisampling, the table's reflection (the scene
+drawn twice) and Metaworld's 67k mesh triangles, hardly the frame's size: a 160 x 120 frame costs
+about 0.16 s with all of them and 0.02 s without the first three. So multisampling is off, and
+shadows and reflections are config keys (`video.shadows`, `video.reflections`, off by default).
+Frames are encoded where they were rendered (H.264 mp4 for the run directory and W&B, an animated
+GIF for TensorBoard's image tab), so only a few hundred KB per video cross processes.
 """
 
 from __future__ import annotations
@@ -222,6 +223,8 @@ class VideoRecorder:
                     model.vis.quality.offsamples = 0  # read when the GL context is made, at the first frame
                     if not settings.shadows:
                         model.light_castshadow[:] = 0
+                    if not settings.reflections:  # a reflective material draws the scene a second time
+                        model.mat_reflectance[:] = 0
                     camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, settings.camera)
                     envs.append(_TaskEnv(task, row, env, env.get_checkpoint(), camera_id))
             self._envs = envs

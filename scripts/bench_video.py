@@ -66,7 +66,7 @@ def measure(overrides: list[str]) -> dict[str, Any]:
         "protocol": config.eval_protocol,
         "vector_strategy": config.env.vector_strategy,
         "video": {key: getattr(video, key) for key in ("tasks", "camera", "width", "height", "frame_stride", "fps")}
-        | {"shadows": video.shadows, "recorded_tasks": len(videos)},
+        | {"shadows": video.shadows, "reflections": video.reflections, "recorded_tasks": len(videos)},
         "frames_per_video": next(iter(videos.values())).num_frames,
         "eval_first_s": eval_first_s,
         "eval_s": eval_s,

@@ -23,11 +23,12 @@ from mtrl_famo.video import VideoRecorder
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def strip(task: str, frames: int, overrides: list[str]) -> np.ndarray:
-    """`frames` evenly spaced frames of one recorded episode of `task`, side by side."""
+def strip(task: str, frames: int, steps: int, overrides: list[str]) -> np.ndarray:
+    """`frames` evenly spaced frames of one recorded `steps`-step episode of `task`, side by side."""
     from metaworld.policies import ENV_POLICY_MAP
 
-    config = compose("env=custom", f"env.tasks=[{task}]", "eval.video=true", *overrides)
+    env = ["env=custom", f"env.tasks=[{task}]", f"env.max_episode_steps={steps}"]
+    config = compose(*env, "eval.video=true", *overrides)
     expert = ENV_POLICY_MAP[task]()
     recorder = VideoRecorder(config.env, config.seed, config.video)
     try:  # the expert reads Metaworld's 39 numbers, without the task one-hot
@@ -42,10 +43,11 @@ def main() -> None:
     parse = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parse.add_argument("--task", default="pick-place-v3", help="a Metaworld v3 task with a scripted policy")
     parse.add_argument("--frames", type=int, default=6, help="frames in the strip")
+    parse.add_argument("--steps", type=int, default=120, help="episode length (the expert needs about 100)")
     parse.add_argument("--out", type=Path, default=DOCS / "observability.png", help="the PNG to write")
     parse.add_argument("overrides", nargs="*", help="training overrides (after --), e.g. video.camera=corner2")
     args = parse.parse_args()
-    image = Image.fromarray(strip(args.task, args.frames, args.overrides))
+    image = Image.fromarray(strip(args.task, args.frames, args.steps, args.overrides))
     image.save(args.out, optimize=True)
     print(f"wrote {args.out} ({image.width} x {image.height}, {args.out.stat().st_size // 1024} KB)")
 
