@@ -20,6 +20,7 @@ import importlib.util
 import os
 import secrets
 import string
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,10 @@ class WandbRun:
             self._pending = {}
 
     def close(self) -> None:
-        """Send what is pending and finish the run (W&B's files are complete afterwards)."""
+        """Send what is pending and finish the run (W&B's files are complete afterwards). Called in
+        the trainer's `finally`: a run ended by an exception or a non-zero exit (a Slurm stop
+        signal, which a re-queued job resumes) is finished with exit code 1, shown as failed."""
         self.flush()
-        self.run.finish()
+        error = sys.exc_info()[1]
+        failed = error is not None and not (isinstance(error, SystemExit) and error.code in (0, None))
+        self.run.finish(exit_code=1 if failed else 0)

@@ -78,16 +78,16 @@ def log_intervals(config: TrainConfig, writer: MetricsWriter, intervals: int, up
 
 
 def training_step_ms(overrides: list[str]) -> float:
-    """One vector step of the real loop with this config: scripts/bench_train.py's timed window."""
+    """One vector step of the real loop with this config, timed by scripts/bench_train.py's window
+    (30 steps after a 100-step random warm-up and 10 untimed learning steps)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_train import bench_config
     from bench_train import measure as measure_training
 
-    args = argparse.Namespace(
-        env="mt10", device="cpu", warmup=100, skip=10, steps=30, eval_every=None, overrides=overrides
-    )
-    config = bench_config(args, compose(*overrides).balancer.name, None, None, None)
-    return 1e3 / measure_training(config, args)["steps_per_s"]
+    window = argparse.Namespace(warmup=100, skip=10, steps=30)
+    steps = window.warmup + window.skip + window.steps + 1
+    horizon = [f"agent.warmup_steps={window.warmup}", f"steps={steps}", f"eval.every={steps}", "checkpoint.every=0"]
+    config = compose(*overrides, "device=cpu", "progress=false", *horizon)
+    return 1e3 / measure_training(config, window)["steps_per_s"]
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
