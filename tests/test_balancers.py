@@ -84,6 +84,8 @@ def test_unknown_option_names_it_and_the_valid_ones(name: str, option: str, vali
     [
         ("cagrad", {"c": -0.1}, ("-0.1",)),
         ("cagrad", {"rescale": 3}, ("3", "0", "1", "2")),
+        ("cagrad", {"max_iter": 0}, ("max_iter", "0")),
+        ("cagrad", {"tol": 0.0}, ("tol", "0.0")),
         ("pcgrad", {"reduction": "max", "seed": 0}, ("max", "mean", "sum")),
         ("famo", {"w_lr": 0.0}, ("w_lr", "0.0")),
         ("famo", {"gamma": -1.0}, ("gamma", "-1.0")),

@@ -104,7 +104,6 @@ class _Dual:
         self.linear = gram.mean(axis=1)  # b_i = g_i . g0
         self.g0_norm = math.sqrt(max(float(self.linear.mean()), 0.0))
         self.kappa = c * self.g0_norm
-        self.c = c
         self.resolution = resolution
         self.degenerate = degenerate
         self.tol = tol
@@ -165,7 +164,10 @@ class _Dual:
         cosine = self.a[np.ix_(live, live)] / np.outer(norms, norms)
         values, vectors = np.linalg.eigh(0.5 * (cosine + cosine.T))
         root = (vectors * np.sqrt(np.clip(values, 0.0, None))).T  # cosine = root^T root
-        scaled = nnls(root, -root @ (norms / self.k), maxiter=50 * live.size)[0]
+        try:
+            scaled = nnls(root, -root @ (norms / self.k), maxiter=50 * live.size)[0]
+        except RuntimeError:  # Lawson-Hanson out of iterations (rounding): d = g0, the ball's centre
+            return correction
         correction[live] = scaled / norms
         return correction
 
