@@ -219,10 +219,12 @@ class VideoRecorder:
                 for task in self.tasks:
                     row = self.task_names.index(task)
                     env = factories[row]()
-                    model = env.unwrapped.model
-                    model.vis.quality.offsamples = 0  # read when the GL context is made, at the first frame
-                    if not settings.shadows:
+                    model = env.unwrapped.model  # visual settings only; read when the GL context is made
+                    model.vis.quality.offsamples = 0
+                    model.vis.global_.offwidth, model.vis.global_.offheight = settings.width, settings.height
+                    if not settings.shadows:  # no shadow map at all: 64 MB per context at 4096 x 4096
                         model.light_castshadow[:] = 0
+                        model.vis.quality.shadowsize = 0
                     if not settings.reflections:  # a reflective material draws the scene a second time
                         model.mat_reflectance[:] = 0
                     camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, settings.camera)
