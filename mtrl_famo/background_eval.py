@@ -279,6 +279,8 @@ def serve(
                 holder.actor.load_state_dict({name: torch.from_numpy(array) for name, array in weights.items()})
                 result = dataclasses.asdict(evaluator.run())
                 replies.send(("result", (result, evaluator.record() if record else {})))
+                if evaluator.recorder is not None:  # idle until the next command: build what recording keeps
+                    evaluator.recorder.prepare(interrupted=lambda: not commands.empty())
             elif command == "rng_state":
                 replies.send(("rng_state", evaluator.state_dict()["env_rng"]))
             elif command == "load_rng_state":

@@ -195,42 +195,54 @@ class VideoRecorder:
         self.spec, self.seed, self.settings = spec, seed, settings
         self.task_names = spec.task_names()
         self.tasks = list(self.task_names) if settings.tasks == "all" else list(settings.tasks)  # see check_video
-        self._envs: list[_TaskEnv] | None = None
+        self._factories: list[Callable[[], Any]] | None = None
+        self._envs: list[_TaskEnv] = []
+
+    def _build_next(self) -> _TaskEnv:
+        """Build the next chosen task's env (the sub-env factories first, once)."""
+        import mujoco
+
+        settings = self.settings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self._factories is None:
+                common = dict(
+                    use_one_hot=self.spec.one_hot,
+                    max_episode_steps=self.spec.max_episode_steps,
+                    reward_function_version=self.spec.reward_version,
+                    task_select="random",
+                    render_mode="rgb_array",
+                    camera_name=settings.camera,
+                    width=settings.width,
+                    height=settings.height,
+                )
+                self._factories = sub_env_factories(self.spec, self.seed, common)
+            task = self.tasks[len(self._envs)]
+            row = self.task_names.index(task)
+            env = self._factories[row]()
+        model = env.unwrapped.model  # visual settings only; read when the GL context is made
+        model.vis.quality.offsamples = 0
+        model.vis.global_.offwidth, model.vis.global_.offheight = settings.width, settings.height
+        if not settings.shadows:  # no shadow map at all: 64 MB per context at 4096 x 4096
+            model.light_castshadow[:] = 0
+            model.vis.quality.shadowsize = 0
+        if not settings.reflections:  # a reflective material draws the scene a second time
+            model.mat_reflectance[:] = 0
+        camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, settings.camera)
+        self._envs.append(_TaskEnv(task, row, env, env.get_checkpoint(), camera_id))
+        return self._envs[-1]
 
     def _built(self) -> list[_TaskEnv]:
-        if self._envs is None:
-            import mujoco
-
-            settings = self.settings
-            common = dict(
-                use_one_hot=self.spec.one_hot,
-                max_episode_steps=self.spec.max_episode_steps,
-                reward_function_version=self.spec.reward_version,
-                task_select="random",
-                render_mode="rgb_array",
-                camera_name=settings.camera,
-                width=settings.width,
-                height=settings.height,
-            )
-            envs = []
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                factories = sub_env_factories(self.spec, self.seed, common)
-                for task in self.tasks:
-                    row = self.task_names.index(task)
-                    env = factories[row]()
-                    model = env.unwrapped.model  # visual settings only; read when the GL context is made
-                    model.vis.quality.offsamples = 0
-                    model.vis.global_.offwidth, model.vis.global_.offheight = settings.width, settings.height
-                    if not settings.shadows:  # no shadow map at all: 64 MB per context at 4096 x 4096
-                        model.light_castshadow[:] = 0
-                        model.vis.quality.shadowsize = 0
-                    if not settings.reflections:  # a reflective material draws the scene a second time
-                        model.mat_reflectance[:] = 0
-                    camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, settings.camera)
-                    envs.append(_TaskEnv(task, row, env, env.get_checkpoint(), camera_id))
-            self._envs = envs
+        while len(self._envs) < len(self.tasks):
+            self._build_next()
         return self._envs
+
+    def prepare(self, interrupted: Callable[[], bool] = lambda: False) -> None:
+        """Build the envs and their GL contexts now rather than at the first recording (the background
+        evaluation worker does it while it waits for work), so that every recording costs the same;
+        stops between tasks once `interrupted()` (work has come), and the first recording builds the rest."""
+        while len(self._envs) < len(self.tasks) and not interrupted():
+            self._build_next().env.render()  # the first frame makes its GL context
 
     def episodes(self, policy: Policy) -> dict[str, np.ndarray]:
         """Frames [T, height, width, 3] (uint8) of one full episode per chosen task, run side by
@@ -278,9 +290,9 @@ class VideoRecorder:
     def close(self) -> None:
         """Free the GL contexts now; left to the interpreter's teardown, EGL is unloaded before them and
         each prints an error at exit. Safe to call again."""
-        for task_env in self._envs or ():
+        for task_env in self._envs:
             task_env.env.close()
-        self._envs = None
+        self._envs, self._factories = [], None
 
 
 def _camera_upside_down(task_env: _TaskEnv) -> bool:

@@ -8,9 +8,10 @@ Everything after `--` is a training override (the same config files and checks a
 is added). An untrained agent of the configured shape is evaluated by the very `Evaluator` a run
 uses, on this machine's CPU with one torch thread (as the background evaluation worker does), and
 then recorded with the configured `video.*` settings. Each is timed twice: the first call builds
-its envs (the recorder also makes one GL context per task), the second is what every later
-evaluation of a run costs. `ratio` = recording / evaluation, both steady state: what eval.video=true
-adds to an evaluation that records (video.every spreads it over several evaluations).
+its envs (the recorder also makes one GL context per task; a background evaluation worker does
+that while it waits after its first evaluation), the second is what every later evaluation costs.
+`ratio` = recording / evaluation, both steady state: what eval.video=true adds to an evaluation
+that records (video.every spreads it over several evaluations).
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ def test_recorder_renders_a_real_episode_of_each_chosen_task() -> None:
 
     recorder = VideoRecorder(config.env, config.seed, config.video)
     try:
+        recorder.prepare()  # as the background worker does between evaluations
         frames = recorder.episodes(policy)
         again = recorder.episodes(policy)
         videos = recorder.record(policy)
