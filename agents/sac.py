@@ -57,6 +57,7 @@ class MultiTaskSAC(nn.Module):
         if alpha not in ALPHAS:
             raise ValueError(f"Unknown alpha '{alpha}'; choose one of {', '.join(ALPHAS)}.")
         self.num_tasks = num_tasks
+        self.obs_dim = obs_dim
         self.action_dim = action_dim
         self.discount = discount
         self.target_entropy = -float(action_dim)

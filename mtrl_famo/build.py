@@ -6,6 +6,7 @@ agent, learner and balancers that `python -m mtrl_famo.train` would train.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -13,10 +14,11 @@ import torch
 from mtrl_famo import balancers
 from mtrl_famo.agents.sac import MultiTaskSAC
 from mtrl_famo.balancers import Balancer
-from mtrl_famo.compiled_update import accelerate
+from mtrl_famo.compiled_update import speed_layers, use_capturable_adam
 from mtrl_famo.config import AgentConfig, BalancerConfig
 from mtrl_famo.learner import BALANCED_LOSSES, SACLearner
 from mtrl_famo.replay import TaskReplay
+from mtrl_famo.self_check import UpdateChoice, choose_update
 
 
 def build_agent(
@@ -65,7 +67,8 @@ def build_learner(
     agent: MultiTaskSAC,
     generator: torch.Generator,
 ) -> SACLearner:
-    """The eager learner, with fused Adam and agent.compile / agent.cuda_graph applied (mtrl_famo.compiled_update)."""
+    """The eager learner with fused Adam (capturable where agent.cuda_graph may record it); its
+    `update` is the reference. The update a run trains with comes from `build_update`."""
     device = agent.temperature.device
     learner = SACLearner(
         agent,
@@ -76,7 +79,39 @@ def build_learner(
         target_update_every=agent_config.target_update_every,
         generator=generator,
     )
-    return accelerate(learner, agent_config.compile, agent_config.cuda_graph)
+    use_capturable_adam(learner, agent_config.cuda_graph)
+    return learner
+
+
+def eager_copy(learner: SACLearner, balancer: BalancerConfig) -> SACLearner:
+    """A second, independent eager learner in `learner`'s present state (agent, optimisers, balancers,
+    update count, generator), built the way `build_learner` builds one: the self-check's reference."""
+    agent = copy.deepcopy(learner.agent)
+    source = learner.generator
+    generator = None if source is None else torch.Generator(source.device).set_state(source.get_state())
+    reference = SACLearner(
+        agent,
+        build_balancers(balancer, agent.num_tasks, agent.temperature.device),
+        lr=learner.lr,
+        tau=learner.tau,
+        actor_update_every=learner.actor_update_every,
+        target_update_every=learner.target_update_every,
+        generator=generator,
+    )
+    reference.load_state_dict(copy.deepcopy(learner.state_dict()))
+    return reference
+
+
+def build_update(agent_config: AgentConfig, balancer: BalancerConfig, learner: SACLearner) -> UpdateChoice:
+    """The update a run trains with: agent.compile / agent.cuda_graph as configured, each layer that
+    is on checked against the eager update first (mtrl_famo.self_check). Call it after loading a
+    checkpoint and before the first update."""
+    return choose_update(
+        learner,
+        speed_layers(learner, agent_config.compile, agent_config.cuda_graph),
+        agent_config.batch_size_per_task,
+        lambda: eager_copy(learner, balancer),
+    )
 
 
 def build_replay(

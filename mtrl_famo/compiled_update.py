@@ -1,6 +1,9 @@
-"""Optional speed layers over the plain eager `SACLearner.update` (LeanRL style).
+"""Optional speed layers beside the plain eager `SACLearner.update` (LeanRL style).
 
-The eager update in mtrl_famo/learner.py stays the readable reference; this module only wraps it:
+The eager update in mtrl_famo/learner.py stays the readable reference; this module builds
+accelerated update callables beside it, through the learner's public seams (the update's `noise`
+argument, its `loss_fns` / `td_target` functions, the balancers' declared `carried_state`), never by
+replacing its methods:
 
 - `agent.compile`: `torch.compile` of the update's pure tensor functions (the TD target, and the
   loss functions of the losses balanced by a loss-weighting method; AOTAutograd compiles their
@@ -10,20 +13,25 @@ The eager update in mtrl_famo/learner.py stays the readable reference; this modu
   `graph_safe = True` (no host-side control flow, no host reads: mtsac, famo).
 - Adam: fused always (mtrl_famo.optim, the learner's own choice), capturable when a graph replays it.
 
-`auto` settings come from measurements (scripts/bench_compile.py): see `COMPILE_PAYS`.
+`auto` settings come from measurements (scripts/bench_compile.py): see `COMPILE_PAYS`. Which layer
+a run really trains with is decided by mtrl_famo.self_check: each one switched on is first checked
+against the eager update, and falls back to the layer below (graph -> compiled -> eager) when it
+raises or disagrees.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mtrl_famo import balancers as balancer_registry
+from mtrl_famo.agents.sac import actor_loss, critic_loss
 from mtrl_famo.balancers import Balancer, LossWeighting
 from mtrl_famo.balancers.base import DEVICE_CHECK_EVERY
-from mtrl_famo.learner import BALANCED_LOSSES, SACLearner, UpdateResult
+from mtrl_famo.learner import BALANCED_LOSSES, Cadence, PolicyNoise, SACLearner, UpdateFn, UpdateResult
 from mtrl_famo.optim import rebuilt
 from mtrl_famo.replay import FIELDS, Batch
 
@@ -36,6 +44,7 @@ CHOICES = "auto, true or false"
 # to pay for small-network SAC updates on a GPU.
 COMPILE_PAYS = {"cpu": False, "cuda": True}
 GRAPH_WARMUP = 3  # eager runs on a side stream before capture (cuBLAS handles, lazy state, compilation)
+LAYERS = ("compiled", "graph")  # bottom up: a graph records whatever update is below it (compiled or eager)
 
 
 def check_setting(key: str, value: Any) -> None:
@@ -82,17 +91,66 @@ def check_config(compile_value: Any, graph_value: Any, device: str, balancer: st
     resolve_cuda_graph(graph_value, resolved, classes)
 
 
-def accelerate(learner: SACLearner, compile_value: bool | str, graph_value: bool | str) -> SACLearner:
-    """Compile and / or the CUDA graph as configured (capturable Adam with the graph); call before the first update."""
+def use_capturable_adam(learner: SACLearner, graph_value: bool | str) -> None:
+    """Capturable Adam (the step count on the device: no host read inside a graph) where `agent.cuda_graph`
+    may record the update. Before the first step and before a checkpoint is loaded (`load_adam_state`
+    keeps the flag); harmless for an eager update should the graph fall back."""
     device = learner.agent.temperature.device
-    graph = resolve_cuda_graph(graph_value, device, [type(b) for b in learner.balancers.values()])
-    if graph:  # the step count on the device: no host read inside the graph
+    if resolve_cuda_graph(graph_value, device, [type(b) for b in learner.balancers.values()]):
         learner.optimizers = {name: rebuilt(opt, capturable=True) for name, opt in learner.optimizers.items()}
-    if resolve_compile(compile_value, device):
-        compile_functions(learner)
-    if graph:
-        learner.update = GraphedUpdate(learner)  # type: ignore[method-assign]
-    return learner
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One speed layer as configured: its config key and value (`true` = required), whether that
+    value switches it on here (and why not), and how to build its update over the one below."""
+
+    name: str  # "compiled" | "graph"
+    key: str  # "agent.compile" | "agent.cuda_graph"
+    setting: bool | str
+    on: bool
+    off_reason: str  # why it is off (empty when on)
+    wrap: Callable[[SACLearner, UpdateFn], UpdateFn]  # the accelerated update over `below`; may raise
+    unwrap: Callable[[SACLearner], None]  # undo what `wrap` changed on the learner (a failed layer)
+
+    @property
+    def required(self) -> bool:
+        return self.setting is True
+
+
+def speed_layers(learner: SACLearner, compile_value: bool | str, graph_value: bool | str) -> list[Layer]:
+    """The compile and CUDA-graph layers of this learner as configured, bottom up (see LAYERS)."""
+    device = learner.agent.temperature.device
+    compile_on = resolve_compile(compile_value, device)
+    unsafe = sorted({type(b).name for b in learner.balancers.values() if not type(b).graph_safe})
+    graph_on = resolve_cuda_graph(graph_value, device, [type(b) for b in learner.balancers.values()])
+    if graph_on:
+        graph_off = ""
+    elif graph_value is False:
+        graph_off = "agent.cuda_graph=false"
+    elif device.type != "cuda":
+        graph_off = f"agent.cuda_graph=auto is off on {device.type}"
+    else:
+        graph_off = f"agent.cuda_graph=auto is off for balancer={unsafe[0]} (host-side control flow)"
+    if compile_on:
+        compile_off = ""
+    elif compile_value is False:
+        compile_off = "agent.compile=false"
+    else:
+        compile_off = f"agent.compile=auto is off on {device.type} (measured not to pay: COMPILE_PAYS)"
+    return [
+        Layer("compiled", "agent.compile", compile_value, compile_on, compile_off, _wrap_compiled, eager_functions),
+        Layer("graph", "agent.cuda_graph", graph_value, graph_on, graph_off, _wrap_graph, lambda learner: None),
+    ]
+
+
+def _wrap_compiled(learner: SACLearner, below: UpdateFn) -> UpdateFn:
+    compile_functions(learner)
+    return learner.update  # the same eager update, its pure tensor functions now compiled
+
+
+def _wrap_graph(learner: SACLearner, below: UpdateFn) -> UpdateFn:
+    return GraphedUpdate(learner, below)
 
 
 def compile_functions(learner: SACLearner) -> None:
@@ -103,68 +161,71 @@ def compile_functions(learner: SACLearner) -> None:
     learner.td_target = torch.compile(learner.td_target, dynamic=False)
 
 
+def eager_functions(learner: SACLearner) -> None:
+    """Put the learner's eager tensor functions back (a compiled layer that failed its check)."""
+    learner.loss_fns = {"critic": critic_loss, "actor": actor_loss}
+    learner.td_target = learner.agent.td_target
+
+
 class GraphedUpdate:
-    """`learner.update` recorded in CUDA graphs on static buffers and replayed (NOT measured: no GPU here).
+    """An update (`below`: the learner's own, eager or with compiled functions) recorded in CUDA
+    graphs on static buffers and replayed (NOT measured: no GPU here).
 
     The batch and the policy noise are copied into static buffers (the noise is drawn outside
-    the graph, from the learner's generator in the eager order, so the random stream is the
-    eager one); the learner's own update runs on them. One graph per (actor due, target due)
-    pattern of the update cadence. Capture: GRAPH_WARMUP eager updates on a side stream, every
-    tensor they changed restored in place, then `torch.cuda.graph`. A balancer's failed
-    device-side check is read every DEVICE_CHECK_EVERY replays.
+    the graph by `learner.draw_noise`, from the learner's generator in the eager order, so the
+    random stream is the eager one) and handed to `below` through its `noise` argument. One graph
+    per cadence (actor due, target due) of the update. Capture: GRAPH_WARMUP eager updates on a
+    side stream, every tensor they changed restored in place (`snapshot`/`restore`: the agent, the
+    optimisers and each balancer's declared `carried_state`), then `torch.cuda.graph`. A balancer's
+    failed device-side check is read every DEVICE_CHECK_EVERY replays.
 
-    Load checkpoints before the first update (the trainer resumes before training): loading
-    replaces optimizer state tensors that a captured graph would still point at.
+    Load checkpoints before the first call (the trainer resumes before it chooses its update):
+    loading replaces optimizer state tensors that a captured graph would still point at.
 
     `capture=False` runs the same static-buffer update eagerly: that is what the CPU tests check
     against the plain update; only the capture itself needs a GPU.
     """
 
-    def __init__(self, learner: SACLearner, *, capture: bool = True):
+    def __init__(self, learner: SACLearner, below: UpdateFn | None = None, *, capture: bool = True):
         self.learner = learner
-        self.eager_update = learner.update
+        self.below = learner.update if below is None else below
         self.capture = capture
         self.static_batch: Batch | None = None
-        self.static_noise: list[torch.Tensor] = []
-        self.graphs: dict[tuple[bool, bool], tuple[torch.cuda.CUDAGraph, UpdateResult]] = {}
+        self.static_noise: PolicyNoise | None = None
+        self.graphs: dict[Cadence, tuple[torch.cuda.CUDAGraph, UpdateResult]] = {}
         self.pool: Any = None
         self.replays = 0
 
-    def _pattern(self) -> tuple[bool, bool]:
-        n = self.learner.num_updates
-        return n % self.learner.actor_update_every == 0, n % self.learner.target_update_every == 0
-
-    def _load(self, batch: Batch, actor_due: bool) -> None:
-        """Copy the batch into the static buffers and draw this update's noise as the eager update would."""
-        draw = self.learner._noise
-        noise = [draw(batch.next_obs), *([draw(batch.obs)] if actor_due else [])]
+    def _load(self, batch: Batch, noise: PolicyNoise) -> None:
+        """Copy the batch and this update's noise into the static buffers."""
         if self.static_batch is None:
             self.static_batch = Batch(**{name: getattr(batch, name).clone() for name in FIELDS})
-            action_dim = self.learner.agent.action_dim
-            self.static_noise = [like.new_zeros((*like.shape[:-1], action_dim)) for like in (batch.next_obs, batch.obs)]
+            like = noise.next_actions  # the actions' noise has the obs' leading shape (the same [K, B] in a batch)
+            actions = like.new_zeros((*batch.obs.shape[:-1], like.shape[-1]))
+            self.static_noise = PolicyNoise(torch.zeros_like(like), actions)
         for name in FIELDS:
             getattr(self.static_batch, name).copy_(getattr(batch, name))
-        for buffer, value in zip(self.static_noise, noise):
-            buffer.copy_(value)
+        self.static_noise.next_actions.copy_(noise.next_actions)
+        if noise.actions is not None:
+            self.static_noise.actions.copy_(noise.actions)
 
-    def static_update(self) -> UpdateResult:
-        """The plain update on the static buffers, its noise taken from them (what a graph records)."""
-        feed = iter(self.static_noise)
-        self.learner._noise = lambda like: next(feed)  # type: ignore[method-assign]
-        try:
-            return self.eager_update(self.static_batch, False)
-        finally:
-            del self.learner._noise
+    def static_update(self, cadence: Cadence) -> UpdateResult:
+        """`below` on the static buffers (what a graph records for `cadence`)."""
+        noise = PolicyNoise(self.static_noise.next_actions, self.static_noise.actions if cadence.actor else None)
+        return self.below(self.static_batch, False, noise=noise)
 
-    def __call__(self, batch: Batch, want_conflicts: bool = False) -> UpdateResult:
+    def __call__(self, batch: Batch, want_conflicts: bool = False, *, noise: PolicyNoise | None = None) -> UpdateResult:
         """One update; `want_conflicts` is moot: graph-safe balancers weight losses (no task gradients)."""
-        pattern = self._pattern()
-        self._load(batch, actor_due=pattern[0])
+        cadence = self.learner.cadence()
+        noise = self.learner.draw_noise(batch, cadence.actor) if noise is None else noise
+        if cadence.actor and noise.actions is None:
+            raise ValueError("The actor is due on this update, so `noise.actions` must be given.")
+        self._load(batch, noise)
         if not self.capture:
-            return self.static_update()
-        if pattern not in self.graphs:
-            self.graphs[pattern] = self._record()
-        graph, outputs = self.graphs[pattern]
+            return self.static_update(cadence)
+        if cadence not in self.graphs:
+            self.graphs[cadence] = self._record(cadence)
+        graph, outputs = self.graphs[cadence]
         graph.replay()
         self.learner.num_updates += 1
         self.replays += 1
@@ -175,7 +236,7 @@ class GraphedUpdate:
             outputs.critic_loss.clone(), outputs.actor_loss.clone(), outputs.alpha_loss.clone(), conflicts={}
         )
 
-    def _record(self) -> tuple[torch.cuda.CUDAGraph, UpdateResult]:
+    def _record(self, cadence: Cadence) -> tuple[torch.cuda.CUDAGraph, UpdateResult]:
         learner = self.learner
         for balancer in learner.balancers.values():
             balancer.raise_if_failed()  # a capture later resets the flags: read them first
@@ -186,30 +247,31 @@ class GraphedUpdate:
         with torch.cuda.stream(side):
             for _ in range(GRAPH_WARMUP):
                 learner.num_updates = count
-                self.static_update()
+                self.static_update(cadence)
         torch.cuda.current_stream().wait_stream(side)
         restore(learner, saved)
         graph = torch.cuda.CUDAGraph()
         learner.num_updates = count
         with torch.cuda.graph(graph, pool=self.pool):
-            outputs = self.static_update()
+            outputs = self.static_update(cadence)
         self.pool = graph.pool()
         learner.num_updates = count
         return graph, outputs
 
 
 def _optimizers(learner: SACLearner) -> list[torch.optim.Optimizer]:
+    """The learner's optimisers and those each balancer declares it carries (FAMO's Adam)."""
     found = list(learner.optimizers.values())
     for balancer in learner.balancers.values():
-        found += [value for value in vars(balancer).values() if isinstance(value, torch.optim.Optimizer)]
+        found += balancer.carried_state()[1]
     return found
 
 
 def _tensors(learner: SACLearner) -> list[torch.Tensor]:
-    """Every tensor an update may change in place: the agent's, and each balancer's own (FAMO's logits)."""
+    """Every tensor an update may change in place: the agent's, and each balancer's declared ones (FAMO's logits)."""
     found = [*learner.agent.state_dict(keep_vars=True).values()]
     for balancer in learner.balancers.values():
-        found += [value for value in vars(balancer).values() if isinstance(value, torch.Tensor)]
+        found += balancer.carried_state()[0]
     return found
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -37,6 +37,35 @@ class UpdateResult:
         return cls(**losses, conflicts=conflicts)
 
 
+@dataclass
+class PolicyNoise:
+    """The standard-normal draws of one update, `[K, B, action_dim]` each: for the TD target's next
+    actions, and for the actor's actions when the actor is due (None otherwise).
+
+    An argument of `SACLearner.update` so that a replayed update (a CUDA graph reading them from
+    static buffers) takes exactly the draws the eager update would make, from the same generator."""
+
+    next_actions: torch.Tensor
+    actions: torch.Tensor | None
+
+
+class Cadence(NamedTuple):
+    """What the next update does besides the critic step: the actor (and temperature) step, the
+    target critics' Polyak move. A CUDA graph records one update per distinct cadence."""
+
+    actor: bool
+    target: bool
+
+
+class UpdateFn(Protocol):
+    """`SACLearner.update`'s signature: what the trainer calls, eager or accelerated
+    (mtrl_famo.compiled_update builds the accelerated ones beside the learner)."""
+
+    def __call__(
+        self, batch: Batch, want_conflicts: bool = False, *, noise: PolicyNoise | None = None
+    ) -> UpdateResult: ...
+
+
 class SACLearner:
     """Owns the optimisers and runs the update order of mtrl's SAC.
 
@@ -60,6 +89,7 @@ class SACLearner:
             raise ValueError(f"SACLearner needs a balancer for {sorted(missing)}.")
         self.agent = agent
         self.balancers = balancers
+        self.lr = lr
         self.tau = tau
         self.actor_update_every = actor_update_every
         self.target_update_every = target_update_every
@@ -79,9 +109,21 @@ class SACLearner:
         self.loss_fns = {"critic": critic_loss, "actor": actor_loss}
         self.td_target = agent.td_target
 
-    def _noise(self, like: torch.Tensor) -> torch.Tensor:
-        shape = (*like.shape[:-1], self.agent.action_dim)
-        return torch.randn(shape, device=like.device, generator=self.generator)
+    def cadence(self) -> Cadence:
+        """Whether the next update steps the actor and moves the target critics (by `num_updates`)."""
+        n = self.num_updates
+        return Cadence(n % self.actor_update_every == 0, n % self.target_update_every == 0)
+
+    def draw_noise(self, batch: Batch, actor_due: bool) -> PolicyNoise:
+        """One update's policy noise from the learner's generator, in the order the eager update
+        draws it: the next actions first, then the actions (only when the actor is due)."""
+
+        def draw(like: torch.Tensor) -> torch.Tensor:
+            shape = (*like.shape[:-1], self.agent.action_dim)
+            return torch.randn(shape, device=like.device, generator=self.generator)
+
+        next_actions = draw(batch.next_obs)
+        return PolicyNoise(next_actions, draw(batch.obs) if actor_due else None)
 
     def _balanced_step(self, name: str, loss_fn, data: tuple[torch.Tensor, ...]) -> BackwardResult:
         """The library loop of docs/library.md: balanced backward, optimiser step, after-step update (FAMO)."""
@@ -96,17 +138,26 @@ class SACLearner:
             balancer.update(result.losses, losses_after)
         return result
 
-    def update(self, batch: Batch, want_conflicts: bool = False) -> UpdateResult:
+    def update(self, batch: Batch, want_conflicts: bool = False, *, noise: PolicyNoise | None = None) -> UpdateResult:
+        """One update: critic, then (when due) actor and temperatures, then (when due) the target critics.
+
+        `noise`: this update's policy noise; None draws it here (`draw_noise`), the eager reference.
+        A replayed update passes the draws it made outside the graph, in the same order."""
         agent = self.agent
-        target = self.td_target(batch.reward, batch.next_obs, batch.terminated, self._noise(batch.next_obs))
+        actor_due, target_due = self.cadence()
+        if noise is None:
+            noise = self.draw_noise(batch, actor_due)
+        if actor_due and noise.actions is None:
+            raise ValueError("The actor is due on this update, so `noise.actions` must be given.")
+        target = self.td_target(batch.reward, batch.next_obs, batch.terminated, noise.next_actions)
         critic = self._balanced_step("critic", self.loss_fns["critic"], (batch.obs, batch.action, target))
         conflicts: dict[str, ConflictStats] = {}
         if want_conflicts and (gram := critic.task_gram()) is not None:
             conflicts["critic"] = conflict_stats_from_gram(gram)
 
         actor_losses = alpha_losses = torch.full_like(critic.losses, float("nan"))
-        if self.num_updates % self.actor_update_every == 0:
-            actor = self._balanced_step("actor", self.loss_fns["actor"], (batch.obs, self._noise(batch.obs)))
+        if actor_due:
+            actor = self._balanced_step("actor", self.loss_fns["actor"], (batch.obs, noise.actions))
             actor_losses = actor.losses
             if want_conflicts and (gram := actor.task_gram()) is not None:
                 conflicts["actor"] = conflict_stats_from_gram(gram)
@@ -116,7 +167,7 @@ class SACLearner:
             self.optimizers["alpha"].step()
             alpha_losses = alpha_losses.detach()
 
-        if self.num_updates % self.target_update_every == 0:
+        if target_due:
             agent.update_target(self.tau)
         self.num_updates += 1
         return UpdateResult(critic.losses, actor_losses, alpha_losses, conflicts)

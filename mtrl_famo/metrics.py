@@ -31,6 +31,7 @@ LOSS = {"critic_loss": "loss/critic", "actor_loss": "loss/actor", "alpha_loss": 
 ALPHA = "alpha"  # per task: alpha/<task>
 ENV_STEPS_PER_S = "perf/env_steps_per_s"
 UPDATE_MS = "perf/update_ms"
+UPDATE_LAYERS = "perf/update_layers"  # text: which update trains (eager, compiled, graph) and why
 EVAL_VIDEO = "eval/video"  # per task: eval/video/<task>, an animated GIF (TensorBoard's images tab)
 
 
@@ -100,6 +101,10 @@ class MetricsWriter:
         """The run's summary (summary.json's content): W&B's run summary; TensorBoard has none."""
         if self.wandb is not None:
             self.wandb.summary(values)
+
+    def update_layers(self, line: str, step: int) -> None:
+        """Which update the run trains with and why (mtrl_famo.self_check.UpdateChoice.line), as text."""
+        self.writer.add_text(UPDATE_LAYERS, line, step)
 
     def flush(self) -> None:
         self.writer.flush()

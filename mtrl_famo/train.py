@@ -101,6 +101,7 @@ def resolved_run_dir(cfg: DictConfig) -> str:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from mtrl_famo.checkpoint import CheckpointError
+    from mtrl_famo.self_check import SpeedLayerError
     from mtrl_famo.trainer import Trainer
 
     cfg.run_dir = resolved_run_dir(cfg)
@@ -113,7 +114,7 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(config.run_dir)
     try:
         summary = Trainer(config).train(resolved_config=OmegaConf.to_yaml(cfg, resolve=True))
-    except CheckpointError as error:
+    except (CheckpointError, SpeedLayerError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     print(

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mtrl_famo import checkpoint
 from mtrl_famo.atomic import write_text_atomic
 from mtrl_famo.background_eval import BackgroundEvaluator
-from mtrl_famo.build import build_agent, build_learner, build_replay
+from mtrl_famo.build import build_agent, build_learner, build_replay, build_update
 from mtrl_famo.callbacks import Callback, Stop
 from mtrl_famo.collector import Collector
 from mtrl_famo.config import TrainConfig
@@ -35,6 +35,7 @@ from mtrl_famo.seeding import (
     seed_everything,
     use_device,
 )
+from mtrl_famo.self_check import UpdateChoice, eager_choice
 from mtrl_famo.timing import UpdateTimer
 from mtrl_famo.wandb_logger import WandbRun
 
@@ -82,6 +83,8 @@ class Trainer:
         k, obs_dim, action_dim = self.env.num_tasks, self.env.obs_dim, self.env.action_dim
         self.agent = build_agent(config.agent, obs_dim, action_dim, k, self.device)
         self.learner = build_learner(config.agent, config.balancer, self.agent, self.generator)
+        # What `_update` calls: the eager update until `train` chooses (self-checked speed layers).
+        self.update_choice: UpdateChoice = eager_choice(self.learner)
         self.replay = build_replay(config.agent, k, obs_dim, action_dim, self.device, self.generator)
         self.collector = Collector(
             self.env,
@@ -152,7 +155,7 @@ class Trainer:
             for _ in range(self.config.agent.updates_per_step):
                 want_conflicts = (self.learner.num_updates + 1) % self.config.conflicts_every == 0
                 batch = self.replay.sample(self.config.agent.batch_size_per_task)
-                results.append(self.learner.update(batch, want_conflicts))
+                results.append(self.update_choice.update(batch, want_conflicts))
         self.metrics.add_updates(results)
 
     # ----- logging and evaluation ---------------------------------------------------------
@@ -209,6 +212,7 @@ class Trainer:
             "eval_success_rate_per_task": None
             if result is None
             else dict(zip(result.task_names, map(float, result.success_rate))),
+            "update": self.update_choice.record(),  # which update trained (eager, compiled, graph) and why
         }
 
     # ----- checkpoint / resume ------------------------------------------------------------
@@ -274,6 +278,13 @@ class Trainer:
         self.load_state_dict(state)
         return True
 
+    def choose_update(self) -> UpdateChoice:
+        """Choose the update to train with from the present state (after a resume, before the first
+        update): each speed layer switched on is checked against the eager update and falls back with
+        one warning line, or, set to `true`, stops the run here (mtrl_famo.self_check.SpeedLayerError)."""
+        self.update_choice = build_update(self.config.agent, self.config.balancer, self.learner)
+        return self.update_choice
+
     # ----- the loop -----------------------------------------------------------------------
     def train(self, resolved_config: str | None = None, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         """Run (or resume) to `config.steps` environment steps per task; returns the summary.
@@ -289,13 +300,21 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         had_events = any(self.run_dir.glob("events.out.tfevents.*"))
         resumed = self.resume()
+        try:
+            self.choose_update()  # before anything is written: a required layer that fails stops the run here
+        except BaseException:
+            self.env.close()
+            self.evaluator.close()
+            raise
         if resolved_config is not None:
             write_text_atomic(self.run_dir / CONFIG_FILE, resolved_config)
         # Hide whatever an interrupted earlier attempt logged after the point we continue from.
         purge_step = self.env_step + 1 if resumed else (0 if had_events else None)
         writer = MetricsWriter(self.run_dir, self.task_names, purge_step=purge_step)
+        writer.update_layers(self.update_choice.line(), self.env_step)
         self.metrics.start_window(self.env_step)
         bar = tqdm(
+            desc=f"update={self.update_choice.used}",  # the bar's line says which update trains
             total=config.steps,
             initial=self.env_step,
             disable=None if config.progress else True,

@@ -4,8 +4,9 @@
     python scripts/bench_compile.py --threads 2 --json
     python scripts/bench_compile.py --device cuda            # adds the graph variants
 
-Each learner is what `python -m mtrl_famo.train env=mt10 balancer=<name>` builds (compose +
-mtrl_famo.build) with `agent.compile` / `agent.cuda_graph` set per variant. Sizes are
+Each update is what `python -m mtrl_famo.train env=mt10 balancer=<name>` trains with (compose +
+mtrl_famo.build, its speed layers self-checked by `build_update`) with `agent.compile` /
+`agent.cuda_graph` set per variant (`true`: a layer that fails its check stops the script). Sizes are
 LAYERSxHIDDENxBATCH_PER_TASK: 2x256x64 is experiment=smoke, 3x400x128 the default agent. The
 variants of one balancer and size are timed interleaved, update by update, on the same batches,
 so their ratio holds on a noisy machine; compilation happens in the untimed warm-up updates.
@@ -20,17 +21,20 @@ import time
 
 import torch
 
-from mtrl_famo.build import build_agent, build_learner
+from mtrl_famo.build import build_agent, build_learner, build_update
 from mtrl_famo.config import ConfigError, compose
 from mtrl_famo.envs.builder import benchmark_task_names
-from mtrl_famo.learner import SACLearner
+from mtrl_famo.learner import SACLearner, UpdateFn
 from mtrl_famo.replay import Batch
+from mtrl_famo.self_check import SpeedLayerError
 
 # variant -> (agent.compile, agent.cuda_graph)
 VARIANTS = {"eager": (False, False), "compiled": (True, False), "graph": (False, True), "compiled+graph": (True, True)}
 
 
-def learner_for(balancer: str, k: int, size: str, variant: str, args: argparse.Namespace) -> SACLearner:
+def learner_for(
+    balancer: str, k: int, size: str, variant: str, args: argparse.Namespace
+) -> tuple[SACLearner, UpdateFn]:
     layers, hidden, batch = size.split("x")
     compile_on, graph_on = VARIANTS[variant]
     tasks = ",".join(benchmark_task_names("mt50")[:k])
@@ -50,7 +54,8 @@ def learner_for(balancer: str, k: int, size: str, variant: str, args: argparse.N
     device = torch.device(args.device)
     torch.manual_seed(0)
     agent = build_agent(config.agent, obs_dim, action_dim, k, device)
-    return build_learner(config.agent, config.balancer, agent, torch.Generator(device).manual_seed(0))
+    learner = build_learner(config.agent, config.balancer, agent, torch.Generator(device).manual_seed(0))
+    return learner, build_update(config.agent, config.balancer, learner).update
 
 
 def random_batch(learner: SACLearner, k: int, batch: int, device: torch.device) -> Batch:
@@ -65,11 +70,11 @@ def random_batch(learner: SACLearner, k: int, batch: int, device: torch.device) 
     )
 
 
-def timed(learner: SACLearner, batch: Batch, device: torch.device) -> float:
+def timed(update: UpdateFn, batch: Batch, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    learner.update(batch)
+    update(batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) * 1e3
@@ -77,15 +82,15 @@ def timed(learner: SACLearner, batch: Batch, device: torch.device) -> float:
 
 def bench(balancer: str, k: int, size: str, variants: list[str], args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
-    learners = {variant: learner_for(balancer, k, size, variant, args) for variant in variants}
-    batches = [random_batch(learners[variants[0]], k, int(size.split("x")[2]), device) for _ in range(8)]
-    for round_ in range(args.warmup):  # compilation and graph capture happen here
-        for learner in learners.values():
-            timed(learner, batches[round_ % len(batches)], device)
+    built = {variant: learner_for(balancer, k, size, variant, args) for variant in variants}
+    batches = [random_batch(built[variants[0]][0], k, int(size.split("x")[2]), device) for _ in range(8)]
+    for round_ in range(args.warmup):  # what the self-check left to compile or capture happens here
+        for _, update in built.values():
+            timed(update, batches[round_ % len(batches)], device)
     times: dict[str, list[float]] = {variant: [] for variant in variants}
     for round_ in range(args.repeats):
-        for variant, learner in learners.items():
-            times[variant].append(timed(learner, batches[round_ % len(batches)], device))
+        for variant, (_, update) in built.items():
+            times[variant].append(timed(update, batches[round_ % len(batches)], device))
     base = statistics.median(times[variants[0]])
     return [
         {
@@ -127,7 +132,7 @@ def main() -> None:
         for size in args.sizes:
             try:
                 rows = bench(balancer, args.tasks, size, variants, args)
-            except ConfigError as error:
+            except (ConfigError, SpeedLayerError) as error:
                 parser.exit(2, f"error: {error}\n")
             for row in rows:
                 if args.json:

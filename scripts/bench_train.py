@@ -4,6 +4,7 @@
     python scripts/bench_train.py --env mt50 --balancer famo --steps 100 --json
     python scripts/bench_train.py --vector sync workers --overlap false true --balancer mtsac
     python scripts/bench_train.py --balancer famo -- experiment=smoke env.workers=1
+    python scripts/bench_train.py --device cuda --balancer mtsac famo --compile false true --cuda-graph false true
 
 Each configuration is what `python -m mtrl_famo.train env=<env> balancer=<b> ...` builds, run by
 `Trainer.train` itself (logging, evaluation cadence and the overlap of env stepping and updates
@@ -17,7 +18,9 @@ steps are timed (a `TimedWindow` callback, no patching) and the run is stopped. 
 - update_ms: time per vector step in the learner's updates (on CUDA device time from CUDA events,
   without adding a host sync: `mtrl_famo.timing.UpdateTimer`, the timer behind perf/update_ms);
 - other_ms: the rest of the iteration's host time (acting, replay writes, logging, evaluation at its
-  cadence): wall clock minus env time minus the host time of the update calls.
+  cadence): wall clock minus env time minus the host time of the update calls;
+- update: the update the run trained with after its self-check (eager, compiled or graph:
+  mtrl_famo.self_check), e.g. `compiled` where `--cuda-graph true` cannot capture a balancer.
 
 Evaluation only happens inside the timed steps when `--eval-every` (eval.every) is small enough.
 The configurations of one invocation run one after another in the same process, so compare
@@ -38,6 +41,7 @@ import torch
 from mtrl_famo.callbacks import Callback, Stop
 from mtrl_famo.compiled_update import resolve_compile
 from mtrl_famo.config import ConfigError, TrainConfig, compose
+from mtrl_famo.self_check import SpeedLayerError
 from mtrl_famo.trainer import Trainer
 
 
@@ -69,7 +73,12 @@ class TimedWindow(Callback):
 
 
 def bench_config(
-    args: argparse.Namespace, balancer: str, vector: str | None, compile_: str | None, overlap: str | None
+    args: argparse.Namespace,
+    balancer: str,
+    vector: str | None,
+    compile_: str | None,
+    overlap: str | None,
+    graph: str | None = None,
 ) -> TrainConfig:
     """The CLI's config with the benchmark's horizon; `args.overrides` (after `--`) win over the rest."""
     steps = args.warmup + args.skip + args.steps + 1
@@ -89,6 +98,8 @@ def bench_config(
         overrides.append(f"agent.compile={compile_}")
     if overlap is not None:
         overrides.append(f"loop.overlap={overlap}")
+    if graph is not None:
+        overrides.append(f"agent.cuda_graph={graph}")
     return compose(*overrides, *args.overrides)
 
 
@@ -109,6 +120,9 @@ def measure(config: TrainConfig, args: argparse.Namespace) -> dict[str, Any]:
             "balancer": config.balancer.name,
             "device": str(device),
             "compile": resolve_compile(config.agent.compile, device),
+            "cuda_graph": config.agent.cuda_graph,
+            "update": trainer.update_choice.used,
+            "verdicts": {v.layer: v.outcome for v in trainer.update_choice.verdicts},
             "vector": config.env.vector_strategy,
             "overlap": config.overlap,
             "tasks": trainer.env.num_tasks,
@@ -129,6 +143,9 @@ def main() -> None:
     parser.add_argument("--vector", nargs="+", default=[None], help="env.vector_strategy values (default: config's)")
     parser.add_argument("--compile", nargs="+", default=[None], help="agent.compile values (default: config's)")
     parser.add_argument("--overlap", nargs="+", default=[None], help="loop.overlap values (default: config's)")
+    parser.add_argument(
+        "--cuda-graph", nargs="+", default=[None], help="agent.cuda_graph values (default: config's; CUDA only)"
+    )
     parser.add_argument("--steps", type=int, default=200, help="timed vector steps per configuration")
     parser.add_argument("--warmup", type=int, default=100, help="agent.warmup_steps (random actions, untimed)")
     parser.add_argument("--skip", type=int, default=10, help="untimed learning steps after the warm-up")
@@ -141,26 +158,37 @@ def main() -> None:
         parser.exit(2, f"error: --steps must be at least 1, got {args.steps}.\n")
     if args.threads:
         torch.set_num_threads(args.threads)
-    grid = [(b, v, c, o) for b in args.balancer for v in args.vector for c in args.compile for o in args.overlap]
+    grid = [
+        (b, v, c, o, g)
+        for b in args.balancer
+        for v in args.vector
+        for c in args.compile
+        for o in args.overlap
+        for g in args.cuda_graph
+    ]
     try:
         configs = [bench_config(args, *point) for point in grid]  # bad input stops here, in one sentence
     except ConfigError as error:
         parser.exit(2, f"error: {error}\n")
     header = (
         f"{'env':<6} {'balancer':<9} {'vector':<8} {'overlap':<7} {'compile':<7} "
-        f"{'steps/s':>8} {'env ms':>7} {'upd ms':>7} {'other ms':>8}"
+        f"{'update':<8} {'steps/s':>8} {'env ms':>7} {'upd ms':>7} {'other ms':>8}"
     )
     if not args.json:
         print(f"torch={torch.__version__} threads={torch.get_num_threads()} timed steps={args.steps}")
         print(header)
     for config in configs:
-        row = measure(config, args)
+        try:
+            row = measure(config, args)
+        except SpeedLayerError as error:  # a layer set to true failed its self-check
+            parser.exit(2, f"error: {error}\n")
         if args.json:
             print(json.dumps(row), flush=True)
         else:
             print(
-                f"{row['env']:<6} {row['balancer']:<9} {row['vector']:<8} {row['overlap']!s:<7} {row['compile']!s:<7} "
-                f"{row['steps_per_s']:>8.1f} {row['env_ms']:>7.2f} {row['update_ms']:>7.2f} {row['other_ms']:>8.2f}",
+                f"{row['env']:<6} {row['balancer']:<9} {row['vector']:<8} {row['overlap']!s:<7} "
+                f"{row['compile']!s:<7} {row['update']:<8} {row['steps_per_s']:>8.1f} {row['env_ms']:>7.2f} "
+                f"{row['update_ms']:>7.2f} {row['other_ms']:>8.2f}",
                 flush=True,
             )
 

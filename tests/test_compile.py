@@ -16,10 +16,10 @@ import torch
 
 from mtrl_famo.balancers import REGISTRY, make
 from mtrl_famo.balancers import base as balancer_base
-from mtrl_famo.build import build_agent, build_learner
+from mtrl_famo.build import build_agent, build_learner, build_update
 from mtrl_famo.compiled_update import GraphedUpdate, compile_functions, resolve_cuda_graph, restore, snapshot
 from mtrl_famo.config import ConfigError, compose
-from mtrl_famo.learner import SACLearner
+from mtrl_famo.learner import SACLearner, UpdateFn
 from mtrl_famo.optim import FusedAdam
 from mtrl_famo.replay import Batch
 from mtrl_famo.trainer import Trainer
@@ -65,10 +65,14 @@ def batches(learner: SACLearner, count: int) -> list[Batch]:
     ]
 
 
-def assert_same_run(plain: SACLearner, other: SACLearner, data: list[Batch], atol: float = 1e-5) -> None:
-    """Both learners take the same updates: same losses, parameters and balancer state (float32 tolerance)."""
+def assert_same_run(
+    plain: SACLearner, other: SACLearner, data: list[Batch], atol: float = 1e-5, update: UpdateFn | None = None
+) -> None:
+    """Both learners take the same updates (`other` through `update`, default its own): same losses,
+    parameters and balancer state (float32 tolerance)."""
+    update = other.update if update is None else update
     for batch in data:
-        want, got = plain.update(batch), other.update(batch)
+        want, got = plain.update(batch), update(batch)
         for field in ("critic_loss", "actor_loss", "alpha_loss"):
             torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=1e-4, atol=atol, equal_nan=True)
     for (name, want), (_, got) in zip(plain.agent.state_dict().items(), other.agent.state_dict().items()):
@@ -95,8 +99,7 @@ def test_graph_static_buffer_update_equals_plain(balancer: str) -> None:
     order, one graph per update-cadence pattern) run eagerly equals the plain update."""
     every = ("agent.actor_update_every=2", "agent.target_update_every=3")
     plain, graphed = learner_for(balancer, *every), learner_for(balancer, *every)
-    graphed.update = GraphedUpdate(graphed, capture=False)
-    assert_same_run(plain, graphed, batches(plain, 5), atol=0.0)
+    assert_same_run(plain, graphed, batches(plain, 5), atol=0.0, update=GraphedUpdate(graphed, capture=False))
     assert plain.generator.get_state().equal(graphed.generator.get_state())  # the same random draws
 
 
@@ -118,7 +121,10 @@ def test_restore_undoes_warmup_updates(balancer: str) -> None:
 def test_build_learner_on_cpu_uses_fused_adam_and_no_compile_by_default() -> None:
     learner = learner_for("famo")
     assert all(isinstance(opt, FusedAdam) for opt in learner.optimizers.values())
-    assert not isinstance(learner.update, GraphedUpdate)  # auto: no graph on a CPU
+    config = compose(*TWO_TASKS, *TINY, "balancer=famo", "device=cpu")
+    choice = build_update(config.agent, config.balancer, learner)
+    assert choice.used == "eager" and choice.update == learner.update  # auto: no graph on a CPU
+    assert [(v.layer, v.outcome) for v in choice.verdicts] == [("compiled", "off"), ("graph", "off")]
     assert learner.td_target == learner.agent.td_target  # auto: not compiled on a CPU (measured slower)
 
 

@@ -120,6 +120,14 @@ class Balancer(ABC):
         """Whether the trainer must recompute the losses after the step for `update`."""
         return False
 
+    def carried_state(self) -> tuple[list[torch.Tensor], list[torch.optim.Optimizer]]:
+        """The tensors and optimizers this balancer carries from one update to the next (FAMO: its
+        logits and their Adam), declared so that a CUDA graph's capture can put them back in place
+        after its warm-up updates and the speed layers' self-check after its trial updates
+        (mtrl_famo.compiled_update.snapshot). A graph-safe balancer must declare every tensor an
+        update changes (tests/test_compile.py walks each one's attributes to check); stateless: none."""
+        return [], []
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -103,6 +103,9 @@ class FAMO(LossWeighting):
     def deferred_checks(self) -> list[DeferredCheck]:
         return [self.bound_check]
 
+    def carried_state(self) -> tuple[list[torch.Tensor], list[torch.optim.Optimizer]]:
+        return [self.logits], [self.optimizer]
+
     def weighted_loss(self, losses: torch.Tensor) -> torch.Tensor:
         z = self.weights()
         (shifted,) = self._shifted(losses)
