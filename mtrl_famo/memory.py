@@ -17,6 +17,19 @@ from mtrl_famo.balancers import GradientManipulation
 from mtrl_famo.config import AgentConfig, BalancerConfig, ConfigError, Purpose, TrainConfig
 
 FLOAT_BYTES = 4  # training runs in float32
+MIB = 2**20
+# A CUDA context (driver state, the kernels torch loads lazily, cuBLAS workspaces) on the device.
+# NOT measured here (no GPU): a typical figure for CUDA 12 with lazy module loading.
+CUDA_CONTEXT_BYTES = 512 * MIB
+# Host memory of the processes a run starts besides its own (measured here on a 2-core VM, Metaworld
+# 3.1.1, proportional set size, so pages shared with the trainer after fork count once): an env worker
+# process (envs/workers.py, forked) held 103 MiB with 1 task, 270-279 MiB with 5 and 489-518 MiB with
+# 16-17; ENV_WORKER_BYTES + tasks * ENV_TASK_BYTES bounds those from above. The spawned evaluation
+# worker (mtrl_famo.background_eval: its own interpreter, torch and the actor, its eval env in worker
+# processes of its own) held 201 MiB besides its env.
+ENV_WORKER_BYTES = 80 * MIB
+ENV_TASK_BYTES = 40 * MIB
+EVAL_WORKER_BYTES = 200 * MIB
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,73 @@ def estimate_memory(
     return MemoryEstimate(replay=replay, networks=networks, update=update)
 
 
+def estimate_speed_layers(need: MemoryEstimate, device_type: str, compile_on: bool, graph_on: bool) -> dict[str, int]:
+    """Device bytes the speed layers add to `need` (`estimate_memory`'s), by part; empty when none is on.
+
+    - cuda context: CUDA_CONTEXT_BYTES on a CUDA device (the free memory is read through this process's
+      own context, so it is counted twice at worst: a margin of that size);
+    - graph pool: the captured update's intermediates and static buffers live in the graph's private
+      pool for the whole run: about one update (`need.update`), beside the eager update's blocks that
+      the caching allocator keeps from the warm-up;
+    - capture snapshot: the copies of every tensor the warm-up updates change (parameters, target
+      critics, Adam moments), about the networks' state without gradients;
+    - self-check (mtrl_famo.self_check): an eager copy of the learner and a snapshot of the learner,
+      about twice the networks, while the layers are checked before training.
+    """
+    parts: dict[str, int] = {}
+    if device_type == "cuda":
+        parts["cuda context"] = CUDA_CONTEXT_BYTES
+    if graph_on:
+        parts["graph pool"] = need.update
+        parts["capture snapshot"] = need.networks
+    if compile_on or graph_on:
+        parts["self-check"] = 2 * need.networks
+    return parts
+
+
+@dataclass(frozen=True)
+class HostEstimate:
+    """Host bytes a run adds besides its own process and the training tensors (see `estimate_host_memory`)."""
+
+    env_workers: int
+    eval_worker: int
+    checkpoint: int
+
+    @property
+    def total(self) -> int:
+        return self.env_workers + self.eval_worker + self.checkpoint
+
+
+def env_process_bytes(vector_strategy: str, workers: int | str, num_tasks: int, cores: int | None = None) -> int:
+    """Host bytes of the env worker processes one vector env of `num_tasks` starts (ENV_WORKER_BYTES
+    each, plus ENV_TASK_BYTES per task it steps); `sync` steps them in the calling process."""
+    if vector_strategy == "sync":
+        return num_tasks * ENV_TASK_BYTES
+    if vector_strategy == "async":  # gymnasium's: one process per task
+        return num_tasks * (ENV_WORKER_BYTES + ENV_TASK_BYTES)
+    if workers == "auto" and cores is not None:
+        count = min(num_tasks, max(1, cores - 1))  # envs.builder.worker_count's rule, for a given core count
+    else:
+        from mtrl_famo.envs.builder import worker_count
+
+        count = worker_count(workers, num_tasks)
+    return count * ENV_WORKER_BYTES + num_tasks * ENV_TASK_BYTES
+
+
+def estimate_host_memory(config: TrainConfig, replay_bytes: int, cores: int | None = None) -> HostEstimate:
+    """Host bytes a run adds to its own process: the env worker processes (`env.workers=auto`: one per
+    core but one, at most one per task), the background evaluation worker with its own eval env (in
+    worker processes of its own with env.vector_strategy=workers), and the host copy of the replay a
+    checkpoint writes (`TaskReplay.state_dict`: the filled buffer, up to `replay_bytes`). `cores`
+    replaces this machine's core count (for the arithmetic of another machine)."""
+    spec, num_tasks = config.env, len(config.env.task_names())
+    training = env_process_bytes(spec.vector_strategy, spec.workers, num_tasks, cores)
+    evaluation = 0
+    if config.eval_background:
+        evaluation = EVAL_WORKER_BYTES + env_process_bytes(spec.vector_strategy, spec.workers, num_tasks, cores)
+    return HostEstimate(env_workers=training, eval_worker=evaluation, checkpoint=replay_bytes)
+
+
 def estimate_eval_memory(agent: AgentConfig, num_tasks: int, obs_dim: int, action_dim: int) -> int:
     """Peak bytes `python -m mtrl_famo.evaluate` holds for the policy (float32): the actor's weights twice
     (the module, and the checkpoint's copy while it is loaded) and one acting step of the K tasks.
@@ -174,18 +254,24 @@ def format_bytes(count: float) -> str:
 
 
 def check_memory(config: TrainConfig, purpose: Purpose = "train") -> None:
-    """Refuse a run whose replay, networks and one update (`estimate_memory`) do not fit in the
-    memory free on its device, naming the setting that takes the most and what is free; for
-    `purpose="evaluate"`, an evaluation whose actor (`estimate_eval_memory`) does not fit."""
+    """Refuse a run that does not fit in the memory free where it runs, naming the setting that takes the
+    most and what is free; for `purpose="evaluate"`, an evaluation whose actor (`estimate_eval_memory`)
+    does not fit.
+
+    Training on the CPU: the replay, networks and one update (`estimate_memory`), the speed layers'
+    additions (`estimate_speed_layers`) and what the run adds on the host (`estimate_host_memory`), all
+    against the host's free memory. On CUDA: the first two against the device's free memory, the host
+    part against the host's.
+    """
     from mtrl_famo.seeding import resolve_device
 
     device = resolve_device(config.device)
     free = available_memory(device)
-    if free is None:
-        return
     obs_dim, action_dim = config.env.dims()
     num_tasks = len(config.env.task_names())
     if purpose == "evaluate":
+        if free is None:
+            return
         need_eval = estimate_eval_memory(config.agent, num_tasks, obs_dim, action_dim)
         if need_eval > free:
             elsewhere = "; pass device=cpu or" if device.type == "cuda" else ";"
@@ -195,22 +281,73 @@ def check_memory(config: TrainConfig, purpose: Purpose = "train") -> None:
                 f"{format_bytes(free)} is free on {device.type}{elsewhere} evaluate on a machine with more memory."
             )
         return
-    need = estimate_memory(config.agent, config.balancer, num_tasks, obs_dim, action_dim)
-    if need.total <= free:
+    device_parts, host_parts = memory_parts(config, device.type)
+    if device.type == "cuda":
+        refuse_if_short(device_parts, free, "cuda")
+        refuse_if_short(host_parts, available_memory(torch.device("cpu")), "the host")
+    else:
+        refuse_if_short(device_parts + host_parts, free, "cpu")
+
+
+# (bytes, what, the setting that sizes it, how to lower it)
+Part = tuple[int, str, str, str]
+
+
+def memory_parts(config: TrainConfig, device_type: str, cores: int | None = None) -> tuple[list[Part], list[Part]]:
+    """What a training run needs on its device and (besides) on the host, part by part."""
+    from mtrl_famo.compiled_update import resolve_compile, resolve_cuda_graph
+
+    agent, env = config.agent, config.env
+    obs_dim, action_dim = env.dims()
+    num_tasks = len(env.task_names())
+    need = estimate_memory(agent, config.balancer, num_tasks, obs_dim, action_dim)
+    device = torch.device(device_type)
+    compile_on = resolve_compile(agent.compile, device)
+    classes = [
+        balancers.REGISTRY[config.balancer.name if loss in config.balancer.apply_to else "mtsac"]
+        for loss in ("critic", "actor")
+    ]
+    graph_on = resolve_cuda_graph(agent.cuda_graph, device, classes)
+    layer_key = "agent.cuda_graph" if graph_on else "agent.compile"
+    layer_setting = f"{layer_key}={agent.cuda_graph if graph_on else agent.compile}"
+    device_parts: list[Part] = [
+        (need.update, "one update", f"agent.batch_size_per_task={agent.batch_size_per_task}", "lower"),
+        (need.replay, "replay", f"agent.replay_size={agent.replay_size}", "lower"),
+        (need.networks, "networks", f"agent.hidden_dim={agent.hidden_dim}", "lower"),
+    ]
+    for label, size in estimate_speed_layers(need, device_type, compile_on, graph_on).items():
+        setting = (f"device={config.device}", "use") if label == "cuda context" else (layer_setting, "set")
+        device_parts.append((size, label, *setting))
+    host = estimate_host_memory(config, need.replay, cores)
+    host_parts: list[Part] = [
+        (host.checkpoint, "the replay's checkpoint copy", f"agent.replay_size={agent.replay_size}", "lower"),
+        (host.env_workers, "env worker processes", f"env.workers={env.workers}", "lower"),
+    ]
+    if host.eval_worker:
+        host_parts.append((host.eval_worker, "evaluation worker", "eval.background=true", "set"))
+    return device_parts, host_parts
+
+
+def _fix(setting: str, verb: str) -> str:
+    """How to make a part smaller, as the sentence's advice."""
+    key = setting.split("=")[0]
+    if verb == "lower":
+        return f"lower {key}"
+    if key == "device":
+        return "use device=cpu"
+    return f"set {key}=false"
+
+
+def refuse_if_short(parts: list[Part], free: int | None, where: str) -> None:
+    """One sentence when the parts do not fit in `free` bytes (None: unknown, no check)."""
+    total = sum(part[0] for part in parts)
+    if free is None or total <= free:
         return
-    agent = config.agent
-    parts = sorted(
-        [
-            (need.update, "one update", f"agent.batch_size_per_task={agent.batch_size_per_task}"),
-            (need.replay, "replay", f"agent.replay_size={agent.replay_size}"),
-            (need.networks, "networks", f"agent.hidden_dim={agent.hidden_dim}"),
-        ],
-        reverse=True,
-    )
-    setting = parts[0][2]
+    ranked = sorted(parts, key=lambda part: part[0], reverse=True)
+    _, _, setting, verb = ranked[0]
     raise ConfigError(
-        f"{setting} does not fit in memory: the run needs about {format_bytes(need.total)} ("
-        + ", ".join(f"{label} {format_bytes(size)}" for size, label, _ in parts)
-        + f") but only {format_bytes(free)} is free on {device.type}; lower {setting.split('=')[0]} or run on a "
+        f"{setting} does not fit in memory: the run needs about {format_bytes(total)} ("
+        + ", ".join(f"{label} {format_bytes(size)}" for size, label, _, _ in ranked if size)
+        + f") but only {format_bytes(free)} is free on {where}; {_fix(setting, verb)} or run on a "
         "machine with more memory."
     )

@@ -77,14 +77,32 @@ class TaskReplay:
         return Batch(**{name: self.storage[name][rows, index] for name in FIELDS})
 
     def state_dict(self) -> dict[str, Any]:
-        filled = {name: tensor[:, : self.size].clone() for name, tensor in self.storage.items()}
+        """The filled part of the buffer as host tensors (what a checkpoint saves), copied task by task.
+
+        Never a copy on the training device: cloning the filled buffer there would double the replay's
+        device memory at every checkpoint. Each task's filled rows `storage[k, :size]` are contiguous,
+        so each is copied straight into its slot of a host tensor of the filled size (no temporary on
+        the device, at most one task's rows in flight; pinned memory only where a CUDA device copies,
+        for the faster DMA path). The host copy is counted by the memory check (`memory.estimate_host_memory`).
+        """
+        filled = {name: self._host_copy(tensor) for name, tensor in self.storage.items()}
         return {"storage": filled, "position": self.position, "size": self.size}
+
+    def _host_copy(self, tensor: torch.Tensor) -> torch.Tensor:
+        pinned = tensor.is_cuda
+        host = torch.empty((tensor.shape[0], self.size, *tensor.shape[2:]), dtype=tensor.dtype, pin_memory=pinned)
+        for task in range(tensor.shape[0]):
+            host[task].copy_(tensor[task, : self.size], non_blocking=pinned)
+        if pinned:
+            torch.cuda.current_stream(tensor.device).synchronize()  # the copies are complete before anyone reads them
+        return host
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         size = int(state["size"])
         if size > self.capacity:
             raise ValueError(f"Saved replay holds {size} transitions per task, more than capacity {self.capacity}.")
         for name, tensor in state["storage"].items():
-            self.storage[name][:, :size] = tensor.to(self.device)
+            for task in range(tensor.shape[0]):  # task by task: no second copy of the replay on the device
+                self.storage[name][task, :size].copy_(tensor[task])
         self.position = int(state["position"])
         self.size = size
