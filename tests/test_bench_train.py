@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_script
+import pytest
+import torch
+
+from conftest import REPO, run_script
 
 KEYS = {"env", "balancer", "device", "compile", "steps_per_s", "env_ms", "update_ms", "other_ms"}
 
@@ -27,6 +30,7 @@ def test_bench_train_times_the_real_loop_and_prints_one_object_per_configuration
     ]
     for row in rows:
         assert set(row) >= KEYS and row["env"] == "mt1" and row["device"] == "cpu" and row["compile"] is False
+        assert row["update"] == "eager" and row["verdicts"] == {"compiled": "off", "graph": "off"}
         assert row["steps"] == 4 and row["steps_per_s"] > 0 and row["env_ms"] > 0 and row["update_ms"] > 0
         # The split adds up to the measured iteration (other = the rest, never much below zero).
         assert abs(1e3 / row["steps_per_s"] - (row["env_ms"] + row["update_ms"] + row["other_ms"])) < 0.1
@@ -53,3 +57,22 @@ def test_bench_matmul_floor_counts_the_updates_matmuls() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads(result.stdout)
     assert row["matmuls"] == 32 and row["ms"] > 0
+
+
+def test_gpu_acceptance_refuses_a_machine_without_cuda_in_one_sentence(capsys, monkeypatch) -> None:
+    """scripts/gpu_acceptance.py runs only on a GPU (tests/test_cuda.py and the rest of it run there);
+    here: its argument check (in process) and, as a user runs it, its one sentence without CUDA."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import gpu_acceptance
+
+    with pytest.raises(SystemExit) as bad:
+        gpu_acceptance.parse(["--budget", "0"])
+    assert bad.value.code == 2
+    assert capsys.readouterr().err == "error: --budget must be a positive number of seconds, got 0.0.\n"
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the no-CUDA refusal cannot be seen here")
+    result = run_script("gpu_acceptance.py", "--out", "never-written.json")
+    assert result.returncode == 2 and result.stdout == "" and not (REPO / "never-written.json").exists()
+    message = result.stderr.strip()
+    assert message.startswith("error: scripts/gpu_acceptance.py needs a CUDA device") and "\n" not in message
+    assert "run it on a GPU node" in message
