@@ -14,6 +14,7 @@ import torch
 
 from mtrl_famo import balancers
 from mtrl_famo.balancers import GradientManipulation
+from mtrl_famo.balancers.backprop import decides_from_gram
 from mtrl_famo.config import AgentConfig, BalancerConfig, ConfigError, Purpose, TrainConfig
 
 FLOAT_BYTES = 4  # training runs in float32
@@ -75,8 +76,9 @@ def estimate_memory(
       gradients next to the old ones and Adam's temporaries take about twice the step's
       parameters. The target critics and FAMO's after-step recomputation run without grad: their
       activations are freed layer by layer and stay below the step's own. A gradient balancer on
-      a loss adds its `[K, D]` per-task gradients of the shared parameters twice (per parameter, then
-      concatenated for `combine`).
+      a loss adds its `[K, D]` per-task gradients of the shared parameters: once (per parameter) for a
+      method that decides from their Gram matrix, twice for one that takes them concatenated for
+      `combine` (`mtrl_famo.balancers.backprop.decides_from_gram`).
 
     Against torch's own allocation records of one CPU update (tests/test_memory.py) the update
     part came out 0.87x to 1.25x the measured peak, from K=1 to 50, hidden 8 to 1024, 8 to 1024
@@ -108,11 +110,12 @@ def estimate_memory(
     # Each step: new gradients next to the old ones, and Adam's temporaries, about twice the group's size.
     critic_step = 2 * kept_critic + rows * critic_in + backward + 2 * critic_params
     actor_step = kept_actor + 8 * rows * action_dim + 2 * kept_critic + rows * critic_in + backward + 2 * actor_params
-    gradient_method = issubclass(balancers.REGISTRY[balancer.name], GradientManipulation)
-    if gradient_method and "critic" in balancer.apply_to:
-        critic_step += 2 * k * critic_trunk
-    if gradient_method and "actor" in balancer.apply_to:
-        actor_step += 2 * k * actor_trunk
+    method = balancers.REGISTRY[balancer.name]
+    copies = (1 if decides_from_gram(method) else 2) if issubclass(method, GradientManipulation) else 0
+    if "critic" in balancer.apply_to:
+        critic_step += copies * k * critic_trunk
+    if "actor" in balancer.apply_to:
+        actor_step += copies * k * actor_trunk
     update = sampled + max(critic_step, actor_step) * FLOAT_BYTES
     return MemoryEstimate(replay=replay, networks=networks, update=update)
 
