@@ -26,6 +26,14 @@ class ConfigError(ValueError):
     """Bad user input, reported as one sentence before any work starts."""
 
 
+class MissingKeyError(ConfigError):
+    """A required config key is absent (`key`, dotted), e.g. from a config.yaml of an older version."""
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+
 # What a config is checked for: a training run, or `python -m mtrl_famo.evaluate` (its memory check counts
 # the actor alone, not the replay and the update: mtrl_famo.memory.check_memory).
 Purpose = Literal["train", "evaluate"]
@@ -153,9 +161,10 @@ def _section(cfg: Any, where: str, required: Iterable[str], optional: Iterable[s
         raise ConfigError(f"Config key {where} must be a group of keys ({', '.join(required)}), got {cfg!r}.")
     for key in required:
         if key not in cfg:
-            raise ConfigError(
+            raise MissingKeyError(
                 f"Config key {prefix}{key} is missing; restore it in its file under configs/ "
-                f"(`python -m mtrl_famo.train --cfg job` shows the full config) or pass +{prefix}{key}=<value>."
+                f"(`python -m mtrl_famo.train --cfg job` shows the full config) or pass +{prefix}{key}=<value>.",
+                f"{prefix}{key}",
             )
     unknown = sorted(str(key) for key in cfg if key not in required and key not in optional)
     if unknown:

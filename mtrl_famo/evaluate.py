@@ -34,9 +34,9 @@ from mtrl_famo import checkpoint
 from mtrl_famo.agents.networks import Actor
 from mtrl_famo.atomic import write_text_atomic
 from mtrl_famo.build import build_agent
-from mtrl_famo.config import CONFIG_DIR, ConfigError, TrainConfig, from_dict
+from mtrl_famo.config import ConfigError, MissingKeyError, TrainConfig, from_dict
 from mtrl_famo.evaluator import Evaluator
-from mtrl_famo.run_files import CONFIG_FILE, EVALUATIONS_DIR, SPEED_KEYS_OF_OLDER_RUNS, VIDEOS_DIR
+from mtrl_famo.run_files import CONFIG_FILE, EVALUATIONS_DIR, VIDEOS_DIR
 from mtrl_famo.seeding import resolve_device
 from mtrl_famo.train import check_run_dir
 from mtrl_famo.video import video_path, write_video
@@ -62,9 +62,6 @@ EVALUATION_SETTINGS = {
     "eval.video": False,
     "wandb.enabled": False,
 }
-# Config groups added after the first runs (issue 23): a config.yaml written before them reads them from
-# the package's own configs/<group>/default.yaml, resolved against the run's config.
-LATER_GROUPS = {"video", "wandb"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -185,14 +182,16 @@ def check(argv: list[str]) -> Request:
         raise ConfigError(f"{config_path} cannot be read ({type(error).__name__}); restore it from the run.") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{config_path} is not a config (a mapping of keys); restore it from the run.")
-    saved = with_later_groups(saved)
-    for key, value in SPEED_KEYS_OF_OLDER_RUNS.items():  # a run written before these keys existed
-        group, leaf = key.split(".")
-        saved.setdefault(group, {}).setdefault(leaf, value)
     for key, value in EVALUATION_SETTINGS.items():  # e.g. device=cuda of a GPU node, on a laptop
         *group, leaf = key.split(".")
         (saved.setdefault(group[0], {}) if group else saved)[leaf] = value
-    config = from_dict(apply_overrides(saved, list(args.overrides)), purpose="evaluate")
+    try:
+        config = from_dict(apply_overrides(saved, list(args.overrides)), purpose="evaluate")
+    except MissingKeyError as error:  # overrides cannot remove a key: the saved config lacks it
+        raise ConfigError(
+            f"{config_path} lacks {error.key}: the run was written by an older version of mtrl_famo, whose runs "
+            "this version does not read; evaluate it with that version, or train it again with this one."
+        ) from None
     try:
         state = checkpoint.load_latest(run_dir, map_location="cpu", replay=False)
     except checkpoint.CheckpointError as error:
@@ -218,14 +217,6 @@ def check(argv: list[str]) -> Request:
             f"{out} cannot be written (its folder cannot be created or written); pass --out PATH."
         ) from None
     return Request(run_dir, config, list(args.overrides), agent, device, env_step, out, args.json)
-
-
-def with_later_groups(saved: dict[str, Any]) -> dict[str, Any]:
-    """`saved` with each of LATER_GROUPS it lacks, from the package's config files."""
-    missing = {group: OmegaConf.load(CONFIG_DIR / group / "default.yaml") for group in LATER_GROUPS - saved.keys()}
-    if not missing:
-        return saved
-    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(missing), saved), resolve=True)
 
 
 def evaluate(request: Request) -> dict[str, Any]:

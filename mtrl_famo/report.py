@@ -16,12 +16,10 @@ setting (PROTOCOL_KEYS) gets a warning naming the setting and which seeds have w
 its numbers then average different protocols. Only complete runs enter the aggregates; incomplete
 ones are listed with how far they got.
 
-Runs written before the config recorded its protocol still load: a config.yaml without `experiment`
-is read as experiment `none` and one without `eval.protocol` as protocol `any_success` (the only
-evaluation there was then); each run's `assumed` field in report.json lists what was filled in this
-way. Other protocol settings missing from an old config (env.goals, agent.heads, ...) are not
-guessed: they read as not recorded (null), and a group mixing them with recorded values is warned
-about like any other difference.
+A config.yaml without `experiment` or `eval.protocol` comes from an older version of mtrl_famo and is
+not read: its run is listed as skipped with that reason, never filled in with a guess. Other protocol
+settings a config lacks (env.goals, agent.heads, ...) read as not recorded (null), and a group mixing
+them with recorded values is warned about like any other difference.
 
 Confidence intervals are 95% percentile bootstraps over seeds from rliable's stratified bootstrap
 (`get_interval_estimates`, seeded so a report is reproducible): each seed's number is its mean
@@ -70,8 +68,8 @@ PROTOCOL_KEYS = (
     "agent.heads",
     "agent.alpha",
 )
-# What a config.yaml written before a key existed is read as (see the module docstring).
-LEGACY_DEFAULTS = {"experiment": "none", "eval.protocol": "any_success"}
+# Keys every config.yaml of this version records; a config without them is of an older version (not read).
+REQUIRED_KEYS = ("experiment", "eval.protocol")
 
 
 class ReportError(ValueError):
@@ -103,7 +101,6 @@ class RunRecord:
     seed: int
     steps: int  # requested environment steps per task (from the saved config)
     protocol: dict[str, Any]  # PROTOCOL_KEYS -> value (None: not recorded in the config)
-    assumed: tuple[str, ...]  # keys read as LEGACY_DEFAULTS because the config predates them
     success: Series  # eval/success_rate: mean over tasks per eval step
     task_success: dict[str, Series]  # eval/success_rate/<task>
     complete: bool
@@ -203,7 +200,6 @@ class RunConfig:
     seed: int
     steps: int
     protocol: dict[str, Any]  # PROTOCOL_KEYS -> value, None where the config does not record it
-    assumed: tuple[str, ...]  # keys absent from the config and read as LEGACY_DEFAULTS
 
 
 _ABSENT = object()
@@ -228,9 +224,8 @@ def _scalar(value: Any) -> Any:
 def read_config(run_dir: Path) -> RunConfig:
     """Experiment, env, balancer, seed, requested steps and protocol settings from the saved config.
 
-    A config written before `experiment` or `eval.protocol` existed reads as LEGACY_DEFAULTS
-    (experiment `none`, protocol `any_success`), listed in `assumed`; any other protocol setting it
-    lacks reads as None (not recorded), never as a guessed default.
+    A config without `experiment` or `eval.protocol` (REQUIRED_KEYS) is of an older version: ReportError
+    in one sentence. Any other protocol setting it lacks reads as None (not recorded), never as a guess.
     """
     from omegaconf import OmegaConf
 
@@ -242,15 +237,18 @@ def read_config(run_dir: Path) -> RunConfig:
         raise ReportError(
             f"{run_dir / CONFIG_FILE} lacks env.name, balancer.name, seed or steps ({error!r})."
         ) from None
-    values, assumed = {}, []
+    missing = [key for key in REQUIRED_KEYS if _lookup(cfg, key) is _ABSENT]
+    if missing:
+        raise ReportError(
+            f"{run_dir / CONFIG_FILE} lacks {missing[0]}: it was written by an older version of mtrl_famo, whose "
+            "runs this version does not read."
+        )
+    values = {}
     for key in ("experiment", *PROTOCOL_KEYS):
         value = _lookup(cfg, key)
-        if value is _ABSENT and key in LEGACY_DEFAULTS:
-            value = LEGACY_DEFAULTS[key]
-            assumed.append(key)
         values[key] = None if value is _ABSENT else _scalar(value)
     experiment = str(values.pop("experiment"))
-    return RunConfig(experiment, env, balancer, seed, steps, values, tuple(assumed))
+    return RunConfig(experiment, env, balancer, seed, steps, values)
 
 
 def read_marker(run_dir: Path) -> dict[str, Any] | None:
@@ -298,7 +296,6 @@ def load_run(run_dir: Path) -> RunRecord:
         config.seed,
         config.steps,
         config.protocol,
-        config.assumed,
         success,
         tasks,
         complete,
@@ -399,7 +396,6 @@ def _run_json(run: RunRecord) -> dict[str, Any]:
         "final_success": run.final_success,
         "best_success": run.best_success,
         "protocol": dict(run.protocol),
-        "assumed": list(run.assumed),
         "run_dir": str(run.run_dir),
     }
 
@@ -621,14 +617,6 @@ def render_markdown(report: dict[str, Any]) -> str:
         for g in report["groups"]
     ]
     lines += _table(header, rows)
-    assumed = [r for r in report["runs"] if r["assumed"]]
-    if assumed:
-        read_as = ", ".join(f"{key} {value}" for key, value in LEGACY_DEFAULTS.items())
-        lines += [
-            "",
-            f"{len(assumed)} run(s) predate the config's protocol keys and are read as {read_as} "
-            "(`assumed` in report.json).",
-        ]
     for experiment, env in sorted({(g["experiment"], g["env"]) for g in report["groups"]}):
         groups = [g for g in report["groups"] if (g["experiment"], g["env"]) == (experiment, env)]
         tasks = sorted({task for g in groups for task in g["final_success_per_task"]})

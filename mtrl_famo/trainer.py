@@ -56,14 +56,12 @@ RESUMABLE_CHANGES = (
     "video",
     "wandb",
 )
-# What a checkpoint's config written before a key existed means (the loop was sequential then).
-LEGACY_RUN_CONFIG = {"overlap": False}
 
 
 def comparable_config(values: dict[str, Any]) -> dict[str, Any]:
     """A run's config (`dataclasses.asdict` of its TrainConfig, or a checkpoint's copy of it) without
-    RESUMABLE_CHANGES, keys missing from an older checkpoint read as LEGACY_RUN_CONFIG says."""
-    values = {**LEGACY_RUN_CONFIG, **values}
+    RESUMABLE_CHANGES. (A checkpoint of an older layout never gets here: mtrl_famo.checkpoint refuses it.)"""
+    values = dict(values)
     for group, key in (dotted.split(".") for dotted in RESUMABLE_CHANGES if "." in dotted):
         values[group] = {k: v for k, v in values[group].items() if k != key}
     return {key: value for key, value in values.items() if key not in RESUMABLE_CHANGES}

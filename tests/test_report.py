@@ -73,12 +73,12 @@ def write_config(
     tasks=TASKS,
     experiment: str = "none",
     settings: dict | None = None,
-    legacy: bool = False,
+    absent: tuple[str, ...] = (),
 ) -> None:
     """config.yaml with the trainer's structure (the resolved Hydra config, saved with OmegaConf).
 
-    `settings` overrides dotted keys (e.g. {"eval.protocol": "metaworld"}); `legacy` writes the
-    config of a run from before `experiment`, `eval.protocol` and the other protocol keys existed.
+    `settings` overrides dotted keys (e.g. {"eval.protocol": "metaworld"}); `absent` names
+    dotted keys to leave out (e.g. LEGACY_ABSENT: a config from before the protocol keys existed).
     """
     cfg = OmegaConf.create(
         {
@@ -115,10 +115,9 @@ def write_config(
     )
     for key, value in (settings or {}).items():
         OmegaConf.update(cfg, key, value, merge=False)
-    if legacy:
-        for key in LEGACY_ABSENT:
-            parent, _, leaf = key.rpartition(".")
-            del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
+    for key in absent:
+        parent, _, leaf = key.rpartition(".")
+        del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -447,7 +446,6 @@ def test_runs_of_different_experiments_are_separate_groups_that_say_their_protoc
     # Seed 0 of each experiment is no duplicate, and nothing differs within a group.
     assert report["warnings"] == []
     assert {(r["experiment"], r["seed"]) for r in report["runs"]} == {(e, s) for e in seeds for s in seeds[e]}
-    assert all(r["assumed"] == [] for r in report["runs"])
     markdown = (tmp_path / REPORT_MD).read_text()
     assert [row[:4] for row in main_table(markdown)] == [
         ["cagrad_paper", "custom", "famo", "any_success, 1 episodes"],
@@ -481,27 +479,29 @@ def test_a_protocol_setting_that_differs_within_a_group_is_warned(tmp_path, key)
     assert f"- {warning}" in markdown
 
 
-def test_configs_written_before_the_protocol_keys_read_as_experiment_none_and_any_success(tmp_path):
+def test_configs_of_an_older_version_are_skipped_and_unrecorded_settings_are_not_guessed(tmp_path):
     rng = np.random.default_rng(3)
+    # Without experiment / eval.protocol: a config of an older version, skipped with one sentence.
+    write_complete_run(tmp_path / "old" / "seed=9", 9, rng, absent=LEGACY_ABSENT)
+    with pytest.raises(ReportError, match=r"lacks experiment: it was written by an older version of mtrl_famo"):
+        read_config(tmp_path / "old" / "seed=9")
+    # With them but without the later protocol keys: those read as not recorded (None), never guessed.
+    unrecorded = ["env.goals", "env.reward_version", "env.reward_normalization", "agent.heads", "agent.alpha"]
     for seed in (0, 1):
-        write_complete_run(tmp_path / "old" / f"seed={seed}", seed, rng, legacy=True)
-    config = read_config(tmp_path / "old" / "seed=0")
+        write_complete_run(tmp_path / "partial" / f"seed={seed}", seed, rng, absent=(*unrecorded, "agent.init"))
+    config = read_config(tmp_path / "partial" / "seed=0")
     assert (config.experiment, config.protocol["eval.protocol"]) == ("none", "any_success")
-    assert config.assumed == ("experiment", "eval.protocol")
-    assert config.protocol["eval.episodes"] == 10 and config.protocol["env.goals"] is None  # not guessed
+    assert config.protocol["eval.episodes"] == 10 and config.protocol["env.goals"] is None
     report = build_report(tmp_path, reps=REPS)
     (row,) = report["groups"]
-    assert (row["experiment"], row["eval_protocol"], row["eval_episodes"]) == ("none", ["any_success"], [10])
-    assert row["seeds_complete"] == [0, 1] and report["skipped"] == [] and report["warnings"] == []
-    assert [r["assumed"] for r in report["runs"]] == [["experiment", "eval.protocol"]] * 2
-    assert "2 run(s) predate the config's protocol keys" in (tmp_path / REPORT_MD).read_text()
-    # A current run of experiment none joins their group; the settings the old runs never recorded
-    # are said to differ, the assumed protocol is not.
+    assert row["seeds_complete"] == [0, 1] and report["warnings"] == []
+    assert [skipped["run_dir"] for skipped in report["skipped"]] == [str(tmp_path / "old" / "seed=9")]
+    assert "older version" in report["skipped"][0]["reason"]
+    # A run that records them joins the group; the settings the others never recorded are said to differ.
     write_complete_run(tmp_path / "new" / "seed=2", 2, rng)
     report = compute_report(tmp_path, reps=REPS)
     (row,) = report["groups"]
     assert row["seeds_complete"] == [0, 1, 2] and row["eval_protocol"] == ["any_success"]
-    unrecorded = ["env.goals", "env.reward_version", "env.reward_normalization", "agent.heads", "agent.alpha"]
     assert len(report["warnings"]) == len(unrecorded)
     for key, warning in zip(sorted(unrecorded, key=PROTOCOL_KEYS.index), report["warnings"]):
         assert f" {key} (" in warning and "not recorded: seeds 0, 1" in warning
@@ -573,7 +573,7 @@ def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
     assert (row["experiment"], row["eval_protocol"], row["eval_episodes"]) == ("none", ["any_success"], [1])
     assert row["protocol"]["env.max_episode_steps"] == [40] and row["protocol"]["eval.every"] == [20]
     assert all(len(values) == 1 and values[0] is not None for values in row["protocol"].values())
-    assert all(run["assumed"] == [] for run in report["runs"]) and report["warnings"] == []
+    assert report["warnings"] == []
     data = [tb_scalars(sweep_dir / "custom" / "mtsac" / f"seed={seed}", ("eval/success_rate",)) for seed in (0, 1)]
     final = [d["eval/success_rate"][-1] for d in data]
     # Precondition (tests/hooks scripts success from the real returns): final, best, first, per-task
