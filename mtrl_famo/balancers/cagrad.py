@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.linalg import lapack
 from scipy.optimize import nnls
 
 from mtrl_famo.balancers.base import HostGramMixing
@@ -119,8 +120,8 @@ class _Dual:
 
     def affine_pair(self, support: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
         """(w_a, w_b, nu, beta) on the support: see the module docstring. Solved on the cosine
-        matrix with the border scaled to at most 1, by least squares (affinely dependent supports
-        get the minimum-norm solution)."""
+        matrix with the border scaled to at most 1 (affinely dependent supports, e.g. repeated
+        gradients, get the minimum-norm solution)."""
         norms = self.norms[support]
         cosine = self.a[np.ix_(support, support)] / np.outer(norms, norms)
         smallest = float(norms.min())
@@ -133,7 +134,7 @@ class _Dual:
         rhs = np.zeros((size + 1, 2))
         rhs[size, 0] = smallest  # 1^T w_a = 1
         rhs[:size, 1] = -self.linear[support] / norms  # A w_b + x 1 = -b
-        solution = np.linalg.lstsq(bordered, rhs, rcond=self.resolution)[0]
+        solution = _solve(bordered, rhs, self.resolution)
         w_a = solution[:size, 0] / norms
         w_b = solution[:size, 1] / norms
         total = w_a.sum()
@@ -170,6 +171,17 @@ class _Dual:
             return correction
         correction[live] = scaled / norms
         return correction
+
+
+def _solve(matrix: np.ndarray, rhs: np.ndarray, rcond: float) -> np.ndarray:
+    """matrix^-1 rhs by LU when LAPACK's condition estimate is above `rcond` (ten times cheaper than an
+    SVD at K = 50), else the minimum-norm least-squares solution with singular values below rcond cut."""
+    factors, _, info = lapack.dgetrf(matrix)
+    if info == 0:
+        estimate, info = lapack.dgecon(factors, float(np.abs(matrix).sum(axis=0).max()), norm="1")
+        if info == 0 and estimate > rcond:
+            return np.linalg.solve(matrix, rhs)
+    return np.linalg.lstsq(matrix, rhs, rcond=rcond)[0]
 
 
 def solve_cagrad_dual(
