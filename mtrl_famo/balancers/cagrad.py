@@ -197,9 +197,9 @@ def solve_cagrad_dual(
     """CAGrad's dual and the data of its primal d on a float64 Gram matrix (see the module docstring).
 
     `start`: previous weights (their support is the first guess) or None. `resolution`: the Gram
-    matrix's relative rounding error (`gram_resolution`); |g_w|^2 <= degenerate (sum_i w_i |g_i|)^2 counts
-    as g_w = 0. Always returns finite weights on the simplex;
-    `converged` is False only when `max_iter` cycles ran out.
+    matrix's relative rounding error (`gram_resolution`); |g_w|^2 <= degenerate (sum_i w_i |g_i|)^2
+    counts as g_w = 0. Always returns finite weights on the simplex; `converged` is False only when
+    `max_iter` cycles ran out.
     """
     k = gram.shape[0]
     uniform = np.full(k, 1.0 / k)
