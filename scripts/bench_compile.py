@@ -15,11 +15,13 @@ so their ratio holds on a noisy machine; compilation happens in the untimed warm
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
-import time
+from functools import partial
 
 import torch
+from bench_timing import interleaved_ms, time_ms
 
 from mtrl_famo.build import build_agent, build_learner, build_update
 from mtrl_famo.config import ConfigError, compose
@@ -70,27 +72,18 @@ def random_batch(learner: SACLearner, k: int, batch: int, device: torch.device) 
     )
 
 
-def timed(update: UpdateFn, batch: Batch, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    update(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
-
-
 def bench(balancer: str, k: int, size: str, variants: list[str], args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     built = {variant: learner_for(balancer, k, size, variant, args) for variant in variants}
     batches = [random_batch(built[variants[0]][0], k, int(size.split("x")[2]), device) for _ in range(8)]
-    for round_ in range(args.warmup):  # what the self-check left to compile or capture happens here
-        for _, update in built.values():
-            timed(update, batches[round_ % len(batches)], device)
-    times: dict[str, list[float]] = {variant: [] for variant in variants}
-    for round_ in range(args.repeats):
-        for variant, (_, update) in built.items():
-            times[variant].append(timed(update, batches[round_ % len(batches)], device))
+    feeds = {variant: itertools.cycle(batches) for variant in variants}  # every variant sees the same batches
+
+    def timer(variant: str) -> float:
+        update, batch = built[variant][1], next(feeds[variant])
+        return time_ms(lambda: update(batch), device)
+
+    # What the self-check left to compile or capture happens in the untimed warm-up rounds.
+    times = interleaved_ms({variant: partial(timer, variant) for variant in variants}, args.repeats, args.warmup)
     base = statistics.median(times[variants[0]])
     return [
         {

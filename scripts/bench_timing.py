@@ -1,4 +1,4 @@
-"""The one timer of the update benchmarks (scripts/bench_update.py, scripts/bench_backward.py).
+"""The one timer of the update benchmarks (scripts/bench_update.py, bench_backward.py, bench_compile.py).
 
 Only torch is imported here, so a benchmark can time anything without building the training stack.
 """
