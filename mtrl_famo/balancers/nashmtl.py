@@ -17,8 +17,9 @@ whatever the gradients' size (multiplying G by s divides alpha by s and leaves d
 published codes (AvivNavon/nash-mtl methods/weight_methods.py, and the MTRL file Cranial-XIX/FAMO
 mtrl_files/nashmtl.py) solve for this alpha: they hand their solver G G^T / |G G^T|_F for
 conditioning but put the factor back in its constraint (-log(alpha_i |A|_F) - log((A / |A|_F) alpha)_i
-<= 0, i.e. alpha_i (A alpha)_i >= 1 in the original scale, active at their optimum). Here the solver scales internally too (by the mean
-squared gradient norm, `fairgrad.solve_alpha_fair`) and returns alpha in the original scale.
+<= 0, i.e. alpha_i (A alpha)_i >= 1 in the original scale, active at their optimum). Here the solver
+scales internally too (by the mean squared gradient norm, `fairgrad.solve_alpha_fair`) and returns
+alpha in the original scale.
 
 Cheaper variant and clipping, as in the published code: alpha is recomputed every
 `update_weights_every`-th update and reused in between (the old alpha applied to the new G), and
