@@ -67,3 +67,19 @@ def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
             step = optimizer.state.get(parameter, {}).get("step")
             if isinstance(step, torch.Tensor):
                 optimizer.state[parameter]["step"] = step.to(device=parameter.device, dtype=torch.float32)
+
+
+@torch.no_grad()
+def reset_adam_state_(optimizer: torch.optim.Adam) -> None:
+    """Forget Adam's moments and step counts, in place: the next step is exactly a fresh Adam's first.
+
+    In place (zeros), not by emptying `optimizer.state`, so that tensors a CUDA graph recorded stay the
+    ones it reads; a parameter without state yet (never stepped) stays without. Fresh Adam starts from
+    zero moments and step 0, so zeroed state and a new optimizer give the same next step bit for bit.
+    """
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                value.zero_()
+            else:  # a plain-number step count (non-fused, non-capturable Adam of older torch)
+                raise TypeError(f"Adam state {type(value).__name__} cannot be reset in place.")
