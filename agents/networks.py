@@ -8,6 +8,7 @@ is what `torch.func.vmap` over the task axis sees when computing per-task gradie
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +16,16 @@ from torch import nn
 
 # Parameters whose leading axis is the task axis: each task owns one slice and only its own
 # loss reaches it. Everything else is shared by all tasks (a shared head is an ordinary
-# `head.weight`/`head.bias`, a shared temperature `shared_log_alpha`).
-TASK_AXIS_PARAMETERS = frozenset({"head_weight", "head_bias", "log_alpha"})
+# `head.weight`/`head.bias`, a shared temperature `shared_log_alpha`). Besides the heads and
+# temperatures: MOORE's task weights over its experts (agents/moore.py), Soft Modularization's task
+# embedding (agents/soft_modular.py), PaCo's compositional vectors (agents/paco.py).
+TASK_AXIS_PARAMETERS = frozenset(
+    {"head_weight", "head_bias", "log_alpha", "task_weight", "task_embedding", "task_composition"}
+)
+
+# A network's constructor as the actor and critics call it: (in_dim, out_dim) -> module mapping
+# task-grouped `[K, B, in_dim]` rows to `[K, B, out_dim]` (and one task's `[B, in_dim]` under vmap).
+NetworkFactory = Callable[[int, int], nn.Module]
 
 # pytorch: nn.Linear's default (uniform in +-1/sqrt(fan_in), weights and biases).
 # xavier: Xavier-uniform weights and zero biases (the published mtrl code's initialisation).
@@ -28,19 +37,62 @@ def is_task_specific(parameter_name: str) -> bool:
     return parameter_name.rsplit(".", 1)[-1] in TASK_AXIS_PARAMETERS
 
 
-def _init_linear(weight: torch.Tensor, bias: torch.Tensor, fan_in: int, fan_out: int, init: str) -> None:
-    """Initialise one linear map (or K of them stacked on a leading task axis) in place."""
+def _init_linear(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    fan_in: int,
+    fan_out: int,
+    init: str,
+    generator: torch.Generator | None = None,
+) -> None:
+    """Initialise one linear map (or several stacked on a leading task/expert axis) in place, drawing
+    from `generator` (torch's global generator when None); `bias` None for a map without one."""
     with torch.no_grad():
         if init == "xavier":
             bound = math.sqrt(6.0 / (fan_in + fan_out))
-            weight.uniform_(-bound, bound)
-            bias.zero_()
+            weight.uniform_(-bound, bound, generator=generator)
+            if bias is not None:
+                bias.zero_()
         elif init == "pytorch":
             bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default law for weights and biases alike
-            weight.uniform_(-bound, bound)
-            bias.uniform_(-bound, bound)
+            weight.uniform_(-bound, bound, generator=generator)
+            if bias is not None:
+                bias.uniform_(-bound, bound, generator=generator)
         else:
             raise ValueError(f"Unknown init '{init}'; choose one of {', '.join(INITS)}.")
+
+
+def apply_task_head(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Per-task linear map: `[K, B, h] x [K, h, out] + [K, 1, out]`, or one task's `[B, h] x [h, out] + [1, out]`."""
+    if weight.shape[-1] == 1:
+        # One output per task (a Q value): a broadcast product and a sum. MKL's batched matmul
+        # with an inner or outer size of 1 is ~3x slower forward and backward on CPU.
+        return (features * weight.transpose(-1, -2)).sum(-1, keepdim=True) + bias
+    # [K,B,h] @ [K,h,out] is one batched matmul over tasks; [B,h] @ [h,out] under vmap.
+    return torch.matmul(features, weight) + bias
+
+
+class StackedLinear(nn.Module):
+    """`n` independent linear maps (experts, modules, parameter sets) applied in one batched matmul.
+
+    `weight` [n, in, out] and `bias` [n, 1, out] are shared by all tasks (the leading axis is NOT the
+    task axis). Input `[N, in]` (the same rows for every map) or `[n, N, in]` (rows per map); output
+    `[n, N, out]`.
+    """
+
+    def __init__(self, n: int, in_dim: int, out_dim: int, init: str):
+        super().__init__()
+        self.init = init
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Each of the n maps drawn from the `init` law of one linear map (in place)."""
+        _init_linear(self.weight, self.bias, self.weight.shape[1], self.weight.shape[2], self.init, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x.expand(self.weight.shape[0], *x.shape[-2:]), self.weight)
 
 
 class MultiHeadMLP(nn.Module):
@@ -48,6 +100,8 @@ class MultiHeadMLP(nn.Module):
 
     The head is one per task (`head_weight` [K, h, out], `head_bias` [K, 1, out]) or, with
     `shared_head`, one for all tasks (`head`, an nn.Linear): then every parameter is shared.
+    `layernorm`: a LayerNorm after each hidden linear, before its ReLU (BRO's critic layer, Nauman et
+    al. 2024: Dense -> LayerNorm -> ReLU); off, the trunk is exactly the plain MLP.
     """
 
     def __init__(
@@ -60,15 +114,20 @@ class MultiHeadMLP(nn.Module):
         *,
         shared_head: bool,
         init: str,
+        layernorm: bool = False,
     ):
         super().__init__()
+        self.init = init
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(num_layers):
             linear = nn.Linear(width, hidden_dim)  # drawn with the pytorch law already
             if init != "pytorch":
                 _init_linear(linear.weight, linear.bias, width, hidden_dim, init)
-            layers += [linear, nn.ReLU(inplace=True)]  # the linear's output is not needed for backward
+            layers.append(linear)
+            if layernorm:
+                layers.append(nn.LayerNorm(hidden_dim))
+            layers.append(nn.ReLU(inplace=True))  # the linear's (or norm's) output is not needed for backward
             width = hidden_dim
         self.trunk = nn.Sequential(*layers)
         self.head: nn.Linear | None = None
@@ -80,6 +139,22 @@ class MultiHeadMLP(nn.Module):
             self.head_weight = nn.Parameter(torch.empty(num_tasks, width, out_dim))
             self.head_bias = nn.Parameter(torch.empty(num_tasks, 1, out_dim))
             _init_linear(self.head_weight, self.head_bias, width, out_dim, init)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draw every parameter again, in place, from the construction's law and order (trunk layer by
+        layer, weight then bias, then the head): with `generator` in the global generator's state at
+        construction, the parameters come out equal to the constructed ones (init="pytorch")."""
+        for layer in self.trunk:
+            if isinstance(layer, nn.Linear):
+                _init_linear(layer.weight, layer.bias, layer.in_features, layer.out_features, self.init, generator)
+            elif isinstance(layer, nn.LayerNorm):
+                layer.reset_parameters()
+        if self.head is not None:
+            head = self.head
+            _init_linear(head.weight, head.bias, head.in_features, head.out_features, self.init, generator)
+        else:
+            width, out_dim = self.head_weight.shape[1:]
+            _init_linear(self.head_weight, self.head_bias, width, out_dim, self.init, generator)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk on the rows flattened to 2-d: each linear's output is then a base tensor, not a
@@ -93,13 +168,7 @@ class MultiHeadMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.head is not None:
             return self.head(self._features(x))
-        features = self._features(x)
-        if self.head_weight.shape[-1] == 1:
-            # One output per task (a Q value): a broadcast product and a sum. MKL's batched matmul
-            # with an inner or outer size of 1 is ~3x slower forward and backward on CPU.
-            return (features * self.head_weight.transpose(-1, -2)).sum(-1, keepdim=True) + self.head_bias
-        # [K,B,h] @ [K,h,out] is one batched matmul over tasks; [B,h] @ [h,out] under vmap.
-        return torch.matmul(features, self.head_weight) + self.head_bias
+        return apply_task_head(self._features(x), self.head_weight, self.head_bias)
 
 
 class Actor(nn.Module):
@@ -117,14 +186,24 @@ class Actor(nn.Module):
         init: str,
         log_std_min: float,
         log_std_max: float,
+        network: NetworkFactory | None = None,
     ):
+        """`network(in_dim, out_dim)` builds the policy network (agents/registry.py); None: a MultiHeadMLP
+        of `hidden_dim` x `num_layers` with `shared_head` and `init`."""
         super().__init__()
-        self.net = MultiHeadMLP(
-            obs_dim, 2 * action_dim, hidden_dim, num_layers, num_tasks, shared_head=shared_head, init=init
-        )
+        if network is None:
+            self.net = MultiHeadMLP(
+                obs_dim, 2 * action_dim, hidden_dim, num_layers, num_tasks, shared_head=shared_head, init=init
+            )
+        else:
+            self.net = network(obs_dim, 2 * action_dim)
         self.action_dim = action_dim
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Re-draw the policy network's parameters in place from its construction law."""
+        self.net.reset_parameters(generator)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, raw_log_std = self.net(obs).chunk(2, dim=-1)
@@ -163,11 +242,23 @@ class TwinCritic(nn.Module):
         *,
         shared_head: bool,
         init: str,
+        network: NetworkFactory | None = None,
     ):
+        """`network(in_dim, out_dim)` builds each Q network (agents/registry.py); None: MultiHeadMLPs of
+        `hidden_dim` x `num_layers` with `shared_head` and `init`."""
         super().__init__()
-        shape = (obs_dim + action_dim, 1, hidden_dim, num_layers, num_tasks)
-        self.q1 = MultiHeadMLP(*shape, shared_head=shared_head, init=init)
-        self.q2 = MultiHeadMLP(*shape, shared_head=shared_head, init=init)
+        if network is None:
+            shape = (obs_dim + action_dim, 1, hidden_dim, num_layers, num_tasks)
+            self.q1 = MultiHeadMLP(*shape, shared_head=shared_head, init=init)
+            self.q2 = MultiHeadMLP(*shape, shared_head=shared_head, init=init)
+        else:
+            self.q1 = network(obs_dim + action_dim, 1)
+            self.q2 = network(obs_dim + action_dim, 1)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Re-draw both Q networks' parameters in place from their construction law (q1 first, as built)."""
+        self.q1.reset_parameters(generator)
+        self.q2.reset_parameters(generator)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([obs, action], dim=-1)

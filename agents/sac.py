@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from mtrl_famo.agents.networks import Actor, TwinCritic
+from mtrl_famo.agents.registry import network_factory
 
 # The balanced losses that can be negative: the actor loss E[alpha log pi(a|s) - min Q(s, a)] is
 # below zero whenever Q exceeds alpha log pi, which in SAC it normally does. (The critic loss is a
@@ -28,11 +31,19 @@ HEADS = ("per_task", "shared")
 ALPHAS = ("per_task", "shared")
 
 
+# The networks `MultiTaskSAC.reset_parameters` can re-initialise, in construction order.
+RESETTABLE_PARTS = ("actor", "critic")
+
+
 class MultiTaskSAC(nn.Module):
     """Actor, twin critics, target critics and the learned temperature(s).
 
     Every hyperparameter is a required keyword: their defaults live in configs/agent/sac.yaml
-    (build with `mtrl_famo.build.build_agent` to get them).
+    (build with `mtrl_famo.build.build_agent` to get them). The network options default to today's
+    agent (until the config wires them): `network` names one of agents/registry.py's NETWORKS (the
+    actor and both critics use it; `network_options` are its own options, published values in
+    configs/agent/network/<name>.yaml); `critic_hidden_dim` is the critics' width (None: `hidden_dim`);
+    `critic_layernorm` puts a LayerNorm after each hidden linear of the critics, before its ReLU.
     """
 
     def __init__(
@@ -50,6 +61,10 @@ class MultiTaskSAC(nn.Module):
         init_temperature: float,
         log_std_min: float,
         log_std_max: float,
+        network: str = "multihead",
+        network_options: Mapping[str, Any] | None = None,
+        critic_hidden_dim: int | None = None,
+        critic_layernorm: bool = False,
     ):
         super().__init__()
         if heads not in HEADS:
@@ -63,8 +78,21 @@ class MultiTaskSAC(nn.Module):
         self.target_entropy = -float(action_dim)
         shape = (obs_dim, action_dim, hidden_dim, num_layers, num_tasks)
         shared_head = heads == "shared"
-        self.actor = Actor(*shape, shared_head=shared_head, init=init, log_std_min=log_std_min, log_std_max=log_std_max)
-        self.critic = TwinCritic(*shape, shared_head=shared_head, init=init)
+        common = dict(num_layers=num_layers, num_tasks=num_tasks, shared_head=shared_head, init=init)
+        actor_net = network_factory(network, hidden_dim=hidden_dim, options=network_options, **common)
+        critic_width = hidden_dim if critic_hidden_dim is None else critic_hidden_dim
+        critic_net = network_factory(
+            network, hidden_dim=critic_width, layernorm=critic_layernorm, options=network_options, **common
+        )
+        self.actor = Actor(
+            *shape,
+            shared_head=shared_head,
+            init=init,
+            log_std_min=log_std_min,
+            log_std_max=log_std_max,
+            network=actor_net,
+        )
+        self.critic = TwinCritic(*shape, shared_head=shared_head, init=init, network=critic_net)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.shared_alpha = alpha == "shared"
         start = math.log(init_temperature)
@@ -74,6 +102,28 @@ class MultiTaskSAC(nn.Module):
         else:
             # Shape [K, 1] so that it broadcasts against [K, B] (and [1] against [B] per task).
             self.log_alpha = nn.Parameter(torch.full((num_tasks, 1), start))
+
+    def reset_parameters(self, parts: Sequence[str], generator: torch.Generator) -> None:
+        """Re-initialise the networks named in `parts` ("actor", "critic") in place, drawing from
+        `generator` with the construction's law and order (actor, then q1, q2); the target critics
+        become copies of the fresh critics. The temperature is left as it is.
+
+        In place, so optimisers and captured graphs keep pointing at the same tensors. What else a
+        reset needs, and the learner does: the reset parts' optimiser state (Adam's moments and step
+        counts: `mtrl_famo.optim.reset_adam_state_`); a balancer's state is about tasks, not
+        parameters, and can stay (FAMO's task logits) unless the run wants it fresh too.
+        """
+        unknown = [part for part in parts if part not in RESETTABLE_PARTS]
+        if unknown:
+            choices = ", ".join(RESETTABLE_PARTS)
+            raise ValueError(f"Unknown part(s) {', '.join(unknown)} to reset; choose from {choices}.")
+        for part in RESETTABLE_PARTS:  # always in construction order, whatever order `parts` lists
+            if part in parts:
+                getattr(self, part).reset_parameters(generator)
+        if "critic" in parts:
+            with torch.no_grad():
+                for target, online in zip(self.critic_target.parameters(), self.critic.parameters()):
+                    target.copy_(online)
 
     @property
     def temperature(self) -> nn.Parameter:
