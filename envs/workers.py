@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import multiprocessing as mp
+import multiprocessing.util
 import signal
 import traceback
 import warnings
@@ -73,6 +74,19 @@ def _call(envs: list[gym.Env], name: str, args: tuple, kwargs: dict) -> list[Any
         function = env.get_wrapper_attr(name)
         results.append(function(*args, **kwargs) if callable(function) else function)
     return results
+
+
+def _kill_and_reap(processes: Sequence[mp.process.BaseProcess], pipes: Sequence[Any]) -> None:
+    """Kill the workers still alive (they ignore SIGTERM), reap every one, close the pipes. The
+    finalizer of an env nobody closed: at its collection, or at interpreter exit BEFORE
+    multiprocessing's own exit handler, which would SIGTERM them and wait for them forever."""
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join()
+    for pipe in pipes:
+        pipe.close()
 
 
 def _worker(index: int, factories: Sequence[EnvFactory], pipe: Any, parent_pipe: Any) -> None:
@@ -135,6 +149,8 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         self._processes: list[mp.process.BaseProcess] = []
         self._pipes: list[Any] = []
         self.closed = False
+        # An env nobody closes must neither hang the interpreter at exit nor leave workers behind.
+        self._finalizer = mp.util.Finalize(self, _kill_and_reap, args=(self._processes, self._pipes), exitpriority=100)
         ctx = mp.get_context(context or ("fork" if "fork" in mp.get_all_start_methods() else "spawn"))
         forked = ctx.get_start_method() == "fork"
         try:
@@ -186,11 +202,16 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         return replies
 
     def _fail(self, index: int, what: str) -> None:
+        """Close everything and raise one error. A worker that died is reaped first (its pipe's end
+        of file means it is exiting; it is killed only if it has not ended after JOIN_TIMEOUT_S), so
+        the exit code read below is its own, never None."""
         rows = self.groups[index]
         process = self._processes[index]
-        process.join(timeout=0.5)
-        code = f" (exit code {process.exitcode})" if process.exitcode is not None else ""
-        self.close(terminate=True)
+        died = what == "died"
+        if died:
+            process.join(JOIN_TIMEOUT_S)
+        self.close(terminate=True)  # kills what is still alive and reaps every worker
+        code = f" (exit code {process.exitcode})" if died else ""
         raise EnvWorkerError(
             f"Env worker {index} (sub-envs {rows.start}..{rows.stop - 1}) {what.rstrip()}{code}; "
             "the vector env is closed."
@@ -280,13 +301,10 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
                     pipe.recv()
             except (EOFError, BrokenPipeError, OSError):
                 pass
-        for process in self._processes:
-            process.join(timeout=0 if terminate else JOIN_TIMEOUT_S)
-            if process.is_alive():
-                process.kill()  # SIGKILL: the workers ignore SIGTERM (IGNORED_SIGNALS)
-                process.join()
-        for pipe in self._pipes:
-            pipe.close()
+        if not terminate:
+            for process in self._processes:
+                process.join(timeout=JOIN_TIMEOUT_S)
+        self._finalizer()  # SIGKILL to what is left (the workers ignore SIGTERM), reap all, close the pipes
 
     def close(self, **kwargs: Any) -> None:
         """Idempotent: a second call (or one after a worker failure) does nothing."""

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 from dataclasses import replace
 
 import numpy as np
@@ -172,6 +175,38 @@ def test_worker_failure_is_one_clear_error_and_closes_everything() -> None:
     with pytest.raises(EnvWorkerError, match=r"Env worker 1 \(sub-envs 1\.\.1\) died \(exit code -9\)"):
         vector.step(np.zeros((2, 4), dtype=np.float32))
     assert vector.closed and all(process.exitcode is not None for process in vector._processes)
+
+
+UNCLOSED_ENV_SCRIPT = textwrap.dedent(
+    """
+    from mtrl_famo.envs.builder import sub_env_factories
+    from mtrl_famo.envs.workers import WorkerVectorEnv
+    from test_env_workers import FACTORY_KWARGS, SEED, TASKS, spec
+
+    vector = WorkerVectorEnv(sub_env_factories(spec("workers", tasks=TASKS[:2]), SEED, FACTORY_KWARGS), 2)
+    vector.reset(seed=SEED)
+    print(" ".join(str(process.pid) for process in vector._processes), flush=True)
+    # exits without vector.close(): the workers ignore SIGTERM, multiprocessing's exit handler sends it
+    """
+)
+
+
+def test_an_unclosed_worker_env_does_not_hang_the_interpreter_at_exit() -> None:
+    """A script that forgets env.close() still exits (it used to wait forever for its workers, which
+    ignore the SIGTERM that multiprocessing's exit handler sends), and leaves no worker behind."""
+    result = subprocess.run(
+        [sys.executable, "-c", UNCLOSED_ENV_SCRIPT],
+        cwd=os.path.dirname(__file__),
+        capture_output=True,
+        text=True,
+        timeout=120,  # the hang: forever; the script itself takes a few seconds
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    pids = [int(pid) for pid in result.stdout.split()]
+    assert len(pids) == 2
+    for pid in pids:  # reaped by the script before it exited: no orphan is left running
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_worker_count_rule_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
