@@ -208,10 +208,11 @@ class BackgroundEvaluator:
             self._error = BackgroundEvalError(f"The background evaluation failed in its worker process: {message}")
             self._error.add_note(f"The worker's traceback:\n{worker_traceback}")
         else:
-            self._process.join(CLOSE_TIMEOUT_S)
+            process = self._process
+            self.close()  # reaps the worker first: its exit code is known only then (not None under load)
             self._error = BackgroundEvalError(
-                f"The background evaluation worker (pid {self._process.pid}) died with exit code "
-                f"{self._process.exitcode} before it replied (its own error, if any, is on stderr above); "
+                f"The background evaluation worker (pid {process.pid}) died with exit code "
+                f"{process.exitcode} before it replied (its own error, if any, is on stderr above); "
                 "set eval.background=false to evaluate in the training process and see the error there."
             )
         self.close()
