@@ -4,27 +4,35 @@
     python scripts/bench_against.py --rev HEAD --threads 2 --balancers mtsac famo pcgrad cagrad
 
 Why two processes: the old code and the new one define the same modules, so each lives in its own
-worker process (the revision is extracted with `git archive` and put first on PYTHONPATH). The
-parent asks the workers for one update at a time, round-robin over (balancer, revision), so both
-sides see the same machine load; the medians and their ratio come from that one run. Each worker
-builds the learners exactly as scripts/bench_update.py does (same seeds, same configs). Wall and
-process-CPU milliseconds are both reported: on a shared machine with one thread the CPU time
-ignores waiting for a busy core (with several threads it also counts OpenMP's spinning).
+worker process: this tree's scripts/bench_harness.py, run as a script, once on this tree and once
+on the revision (extracted with `git archive` and laid out as installed, first on PYTHONPATH; the
+worker checks it imported that copy). So both sides build their learners with the same builder
+(same seeds, same configs as scripts/bench_update.py) and time them with the same timer
+(scripts/bench_timing.py), which needs the revision's `mtrl_famo.config.compose` and
+`mtrl_famo.build` to take what this tree's harness passes. The parent asks the workers for one
+update at a time, round-robin over (balancer, revision), so both sides see the same machine load;
+the medians and their ratio come from that one run. Wall and process-CPU milliseconds are both
+reported: on a shared machine with one thread the CPU time ignores waiting for a busy core (with
+several threads it also counts OpenMP's spinning).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
+from bench_harness import worker_arguments
+from bench_timing import interleaved_ms
+
 REPO = Path(__file__).resolve().parent.parent
+HARNESS = Path(__file__).resolve().parent / "bench_harness.py"
 # Where each installed package lives in the repository (pyproject's package-dir).
 PACKAGE_DIRS = {
     "mtrl_famo": "mtrl_famo",
@@ -32,30 +40,6 @@ PACKAGE_DIRS = {
     "mtrl_famo/envs": "envs",
     "mtrl_famo/configs": "configs",
 }
-
-WORKER = r"""
-import json, sys, time, argparse, torch
-spec = json.loads(sys.argv[1])
-if spec["isolated"]:  # drop the editable install's finder, which maps mtrl_famo.* to the working tree
-    sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-sys.path.insert(0, {scripts!r})
-from bench_update import bench_config, make_learner
-torch.set_num_threads(spec["threads"])
-args = argparse.Namespace(seed=None, hidden=spec["hidden"], layers=spec["layers"], batch=spec["batch"], device="cpu")
-setups = {{}}
-for name in spec["balancers"]:
-    config = bench_config(name, spec["tasks"], args)
-    learner, replay = make_learner(config, torch.device("cpu"))
-    setups[name] = (learner, replay, config.agent.batch_size_per_task)
-import mtrl_famo.agents
-print("ready", mtrl_famo.agents.__file__, flush=True)
-for line in sys.stdin:
-    learner, replay, batch = setups[line.strip()]
-    sample = replay.sample(batch)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    learner.update(sample)
-    print((time.perf_counter() - start) * 1e3, (time.process_time() - start_cpu) * 1e3, flush=True)
-"""
 
 
 def extract(rev: str, into: Path) -> Path:
@@ -75,19 +59,20 @@ def extract(rev: str, into: Path) -> Path:
     return site
 
 
-def start_worker(python_path: Path | None, spec: dict) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+def start_worker(python_path: Path | None, arguments: list[str], threads: int) -> subprocess.Popen:
+    """A bench_harness.py worker on this tree (`python_path` None) or on the packages under `python_path`."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    isolated = []
     if python_path is not None:
         env["PYTHONPATH"] = str(python_path)
-    code = WORKER.format(scripts=str(REPO / "scripts"))
-    spec = {**spec, "isolated": python_path is not None}
+        isolated = ["--isolated"]
     worker = subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps(spec)],
+        [sys.executable, str(HARNESS), *arguments, *isolated],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=env,
-        cwd=python_path or REPO,  # `python -c` puts the working directory first on sys.path
+        cwd=python_path or REPO,
     )
     ready = worker.stdout.readline().split()
     if not ready or ready[0] != "ready":
@@ -118,16 +103,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed updates per balancer and side")
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
-    spec = {key: getattr(args, key) for key in ("tasks", "balancers", "batch", "hidden", "layers", "threads")}
+    arguments = worker_arguments(args.tasks, args.balancers, args.hidden, args.layers, args.batch, args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        workers = {"old": start_worker(extract(args.rev, Path(tmp)), spec), "new": start_worker(None, spec)}
-        times: dict[tuple[str, str], list[tuple[float, float]]] = {(n, s): [] for n in args.balancers for s in workers}
-        for round_ in range(args.warmup + args.repeats):
-            for name in args.balancers:
-                for side, worker in workers.items():
-                    elapsed = one_update(worker, name)
-                    if round_ >= args.warmup:
-                        times[(name, side)].append(elapsed)
+        workers = {
+            "old": start_worker(extract(args.rev, Path(tmp)), arguments, args.threads),
+            "new": start_worker(None, arguments, args.threads),
+        }
+        timers = {(name, side): partial(one_update, workers[side], name) for name in args.balancers for side in workers}
+        times = interleaved_ms(timers, args.repeats, args.warmup)
         for worker in workers.values():
             worker.stdin.close()
             worker.wait()

@@ -4,8 +4,9 @@
     python scripts/bench_compile.py --threads 2 --json
     python scripts/bench_compile.py --device cuda            # adds the graph variants
 
-Each update is what `python -m mtrl_famo.train env=mt10 balancer=<name>` trains with (compose +
-mtrl_famo.build, its speed layers self-checked by `build_update`) with `agent.compile` /
+Each update is what `python -m mtrl_famo.train env=mt10 balancer=<name>` trains with (the
+benchmarks' one builder, scripts/bench_harness.py, then its speed layers self-checked by
+`mtrl_famo.build.build_update`) with `agent.compile` /
 `agent.cuda_graph` set per variant (`true`: a layer that fails its check stops the script). Sizes are
 LAYERSxHIDDENxBATCH_PER_TASK: 2x256x64 is experiment=smoke, 3x400x128 the default agent. The
 variants of one balancer and size are timed interleaved, update by update, on the same batches,
@@ -21,65 +22,46 @@ import statistics
 from functools import partial
 
 import torch
+from bench_harness import compose_config, make_learner
 from bench_timing import interleaved_ms, time_ms
 
-from mtrl_famo.build import build_agent, build_learner, build_update
-from mtrl_famo.config import ConfigError, compose
-from mtrl_famo.envs.builder import benchmark_task_names
-from mtrl_famo.learner import SACLearner, UpdateFn
-from mtrl_famo.replay import Batch
+from mtrl_famo.build import build_update
+from mtrl_famo.config import ConfigError
+from mtrl_famo.learner import UpdateFn
+from mtrl_famo.replay import TaskReplay
 from mtrl_famo.self_check import SpeedLayerError
 
 # variant -> (agent.compile, agent.cuda_graph)
 VARIANTS = {"eager": (False, False), "compiled": (True, False), "graph": (False, True), "compiled+graph": (True, True)}
 
 
-def learner_for(
-    balancer: str, k: int, size: str, variant: str, args: argparse.Namespace
-) -> tuple[SACLearner, UpdateFn]:
+def update_for(balancer: str, k: int, size: str, variant: str, args: argparse.Namespace) -> tuple[UpdateFn, TaskReplay]:
+    """The self-checked update of one variant, and its replay (the same for every variant: same seed)."""
     layers, hidden, batch = size.split("x")
     compile_on, graph_on = VARIANTS[variant]
-    tasks = ",".join(benchmark_task_names("mt50")[:k])
-    env = [f"env=mt{k}"] if k in (10, 50) else ["env=custom", f"env.tasks=[{tasks}]"]
-    config = compose(
-        *env,
-        f"balancer={balancer}",
-        f"device={args.device}",
+    config = compose_config(
+        balancer,
+        k,
+        args.device,
         f"agent.num_layers={layers}",
         f"agent.hidden_dim={hidden}",
         f"agent.batch_size_per_task={batch}",
         f"agent.compile={str(compile_on).lower()}",
         f"agent.cuda_graph={str(graph_on).lower()}",
-        f"agent.replay_size={k}",
     )
-    obs_dim, action_dim = config.env.dims()
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    agent = build_agent(config.agent, obs_dim, action_dim, k, device)
-    learner = build_learner(config.agent, config.balancer, agent, torch.Generator(device).manual_seed(0))
-    return learner, build_update(config.agent, config.balancer, learner).update
-
-
-def random_batch(learner: SACLearner, k: int, batch: int, device: torch.device) -> Batch:
-    obs_dim = learner.agent.critic.q1.trunk[0].in_features - learner.agent.action_dim
-    act = learner.agent.action_dim
-    return Batch(
-        obs=torch.randn(k, batch, obs_dim, device=device),
-        action=torch.rand(k, batch, act, device=device) * 2 - 1,
-        reward=torch.randn(k, batch, device=device),
-        next_obs=torch.randn(k, batch, obs_dim, device=device),
-        terminated=torch.zeros(k, batch, device=device),
-    )
+    learner, replay = make_learner(config, torch.device(args.device))
+    return build_update(config.agent, config.balancer, learner).update, replay
 
 
 def bench(balancer: str, k: int, size: str, variants: list[str], args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
-    built = {variant: learner_for(balancer, k, size, variant, args) for variant in variants}
-    batches = [random_batch(built[variants[0]][0], k, int(size.split("x")[2]), device) for _ in range(8)]
+    built = {variant: update_for(balancer, k, size, variant, args) for variant in variants}
+    replay = built[variants[0]][1]
+    batches = [replay.sample(int(size.split("x")[2])) for _ in range(8)]
     feeds = {variant: itertools.cycle(batches) for variant in variants}  # every variant sees the same batches
 
     def timer(variant: str) -> float:
-        update, batch = built[variant][1], next(feeds[variant])
+        update, batch = built[variant][0], next(feeds[variant])
         return time_ms(lambda: update(batch), device)
 
     # What the self-check left to compile or capture happens in the untimed warm-up rounds.

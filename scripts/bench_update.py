@@ -4,14 +4,12 @@
     python scripts/bench_update.py --tasks 10 --json
     python scripts/bench_update.py --device cuda
 
-Each learner is exactly what `python -m mtrl_famo.train env=<mt10|mt50> balancer=<name>` builds:
-the config is composed from configs/ with `mtrl_famo.config.compose` and the agent, balancers and
-learner come from `mtrl_famo.build`. So the shapes and options are the configs' defaults (MT10:
-3 x 400 MLPs, 128 transitions per task, obs 39 + one-hot K, 4-dim actions; FAMO on the critic only,
-as published; PCGrad and CAGrad on critic and actor) unless --hidden/--layers/--batch override
-them. K other than 10 or 50 uses env=custom with the first K MT50 tasks. The replay holds 1000
-random transitions per task (no environment is built). All balancers of one K are timed in the
-same run, interleaved round by round, so the ratios are comparable on a noisy machine.
+Each learner is what `python -m mtrl_famo.train env=<mt10|mt50> balancer=<name>` builds, by the
+benchmarks' one builder (scripts/bench_harness.py): the configs' defaults (MT10: 3 x 400 MLPs, 128
+transitions per task, obs 39 + one-hot K, 4-dim actions; FAMO on the critic only, as published;
+PCGrad and CAGrad on critic and actor) unless --hidden/--layers/--batch override them, a replay of
+1000 random transitions per task. All balancers of one K are timed in the same run, interleaved
+round by round (scripts/bench_timing.py), so the ratios are comparable on a noisy machine.
 """
 
 from __future__ import annotations
@@ -19,61 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from functools import partial
 
 import torch
+from bench_harness import REPLAY_PER_TASK, compose_config, make_learner, size_overrides, update_timer
 from bench_timing import interleaved_ms, time_ms
 
 from mtrl_famo import balancers
-from mtrl_famo.build import build_agent, build_learner, build_replay
-from mtrl_famo.config import ConfigError, TrainConfig, compose
-from mtrl_famo.envs.builder import benchmark_task_names
-from mtrl_famo.learner import SACLearner
-from mtrl_famo.replay import TaskReplay
+from mtrl_famo.config import ConfigError, TrainConfig
 
-REPLAY_PER_TASK = 1000
+# What scripts/gpu_acceptance.py imports from here.
+__all__ = ["REPLAY_PER_TASK", "bench_config", "interleaved_ms", "make_learner", "time_ms"]
 
 
 def bench_config(name: str, k: int, args: argparse.Namespace) -> TrainConfig:
     """The CLI's config for balancer `name` on K tasks, with the command line's overrides."""
-    env = (
-        [f"env=mt{k}"] if k in (10, 50) else ["env=custom", f"env.tasks=[{','.join(benchmark_task_names('mt50')[:k])}]"]
-    )
-    overrides = [*env, f"balancer={name}", f"device={args.device}", f"agent.replay_size={REPLAY_PER_TASK * k}"]
-    for option, key in (
-        ("seed", "seed"),
-        ("hidden", "agent.hidden_dim"),
-        ("layers", "agent.num_layers"),
-        ("batch", "agent.batch_size_per_task"),
-    ):
-        if getattr(args, option) is not None:
-            overrides.append(f"{key}={getattr(args, option)}")
-    return compose(*overrides)
-
-
-def make_learner(config: TrainConfig, device: torch.device) -> tuple[SACLearner, TaskReplay]:
-    k = len(config.env.task_names())
-    obs_dim, action_dim = config.env.dims()
-    torch.manual_seed(config.seed)
-    generator = torch.Generator(device).manual_seed(config.seed)
-    agent = build_agent(config.agent, obs_dim, action_dim, k, device)
-    learner = build_learner(config.agent, config.balancer, agent, generator)
-    replay = build_replay(config.agent, k, obs_dim, action_dim, device, generator)
-    for _ in range(REPLAY_PER_TASK):
-        replay.add(
-            obs=torch.randn(k, obs_dim),
-            action=torch.rand(k, action_dim) * 2 - 1,
-            reward=torch.randn(k),
-            next_obs=torch.randn(k, obs_dim),
-            terminated=torch.zeros(k),
-        )
-    return learner, replay
-
-
-def time_update(learner: SACLearner, replay: TaskReplay, batch: int, device: torch.device) -> float:
-    """One update on a fresh sample (the sampling is not timed)."""
-    sample = replay.sample(batch)
-    return time_ms(lambda: learner.update(sample), device)
+    return compose_config(name, k, args.device, *size_overrides(args.hidden, args.layers, args.batch, args.seed))
 
 
 def bench(k: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -82,11 +40,11 @@ def bench(k: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
     configs = {name: bench_config(name, k, args) for name in names}
     setups = {name: make_learner(config, device) for name, config in configs.items()}
     timers = {
-        name: partial(time_update, learner, replay, configs[name].agent.batch_size_per_task, device)
+        name: update_timer(learner.update, replay, configs[name].agent.batch_size_per_task, device)
         for name, (learner, replay) in setups.items()
     }
-    times = interleaved_ms(timers, args.repeats, args.warmup)
-    base = statistics.median(times["mtsac"])
+    walls = {name: [wall for wall, _ in t] for name, t in interleaved_ms(timers, args.repeats, args.warmup).items()}
+    base = statistics.median(walls["mtsac"])
     return [
         {
             "balancer": name,
@@ -94,7 +52,7 @@ def bench(k: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
             "ms": round(statistics.median(t), 2),
             "ratio_to_mtsac": round(statistics.median(t) / base, 3),
         }
-        for name, t in times.items()
+        for name, t in walls.items()
     ]
 
 
