@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtrl_famo.config import INITS  # the choices of agent.init (their one home: the config schema)
+
 # Parameters whose leading axis is the task axis: each task owns one slice and only its own
 # loss reaches it. Everything else is shared by all tasks (a shared head is an ordinary
 # `head.weight`/`head.bias`, a shared temperature `shared_log_alpha`). Besides the heads and
@@ -26,10 +28,6 @@ TASK_AXIS_PARAMETERS = frozenset(
 # A network's constructor as the actor and critics call it: (in_dim, out_dim) -> module mapping
 # task-grouped `[K, B, in_dim]` rows to `[K, B, out_dim]` (and one task's `[B, in_dim]` under vmap).
 NetworkFactory = Callable[[int, int], nn.Module]
-
-# pytorch: nn.Linear's default (uniform in +-1/sqrt(fan_in), weights and biases).
-# xavier: Xavier-uniform weights and zero biases (the published mtrl code's initialisation).
-INITS = ("pytorch", "xavier")
 
 
 def is_task_specific(parameter_name: str) -> bool:

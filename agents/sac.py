@@ -19,17 +19,9 @@ from torch import nn
 from mtrl_famo.agents.networks import Actor, TwinCritic
 from mtrl_famo.agents.registry import network_factory
 
-# The balanced losses that can be negative: the actor loss E[alpha log pi(a|s) - min Q(s, a)] is
-# below zero whenever Q exceeds alpha log pi, which in SAC it normally does. (The critic loss is a
-# squared error, never negative.) Balancers that need positive losses are refused for these.
-LOSSES_THAT_CAN_BE_NEGATIVE = frozenset({"actor"})
-
-# per_task: one output head per task (multi-head SAC). shared: one head for all tasks (the published
-# mtrl runs: with no task id in the observation, the networks then cannot tell tasks apart).
-HEADS = ("per_task", "shared")
-# per_task: one learned temperature per task. shared: one temperature for all tasks.
-ALPHAS = ("per_task", "shared")
-
+# The choices of agent.heads and agent.alpha, and which balanced losses can be negative: their one
+# home is the config schema (re-exported here).
+from mtrl_famo.config import ALPHAS, HEADS, LOSSES_THAT_CAN_BE_NEGATIVE  # noqa: F401
 
 # The networks `MultiTaskSAC.reset_parameters` can re-initialise, in construction order.
 RESETTABLE_PARTS = ("actor", "critic")

@@ -7,107 +7,47 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from mtrl_famo.config import (
+    BENCHMARKS,
+    GOALS,
+    METAWORLD_ACTION_DIM,
+    METAWORLD_BENCHMARKS,
+    METAWORLD_OBS_DIM,
+    REWARD_NORMALIZATIONS,
+    REWARD_VERSIONS,
+    VECTOR_STRATEGIES,
+    EnvSpec,
+    benchmark_task_names,
+    known_task_names,
+)
 from mtrl_famo.envs.step import VectorStep, normalise_step
 from mtrl_famo.envs.workers import WorkerVectorEnv
 
-# Metaworld's own multitask benchmarks: env=<name> builds `Meta-World/<NAME>` with its task list and order.
-METAWORLD_BENCHMARKS = ("mt10", "mt25", "mt50")
-BENCHMARKS = (*METAWORLD_BENCHMARKS, "mt1", "custom")
-# Every Metaworld v3 task observes 39 numbers (plus the task one-hot when one_hot) and acts in 4.
-METAWORLD_OBS_DIM = 39
-METAWORLD_ACTION_DIM = 4
-# sync: every sub-env in this process; async: gymnasium's AsyncVectorEnv, one process per task;
-# workers: `env.workers` processes, each stepping a contiguous group of tasks (envs/workers.py).
-VECTOR_STRATEGIES = ("sync", "async", "workers")  # keys of VECTORIZERS (below)
-# random: each reset draws one of the task's 50 goals (Metaworld's default).
-# fixed: one goal per task, drawn once from the seed and kept (the published mtrl runs).
-GOALS = ("random", "fixed")
-REWARD_VERSIONS = ("v2", "v1")  # Metaworld 3 ships both reward functions
-# none: raw rewards. running_std: per task, reward / sqrt(running variance) (see envs/reward_scale.py).
-REWARD_NORMALIZATIONS = ("none", "running_std")
-
-
-def known_task_names() -> list[str]:
-    """All Metaworld v3 task names, in the benchmark's MT50 order."""
-    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-
-    return list(ALL_V3_ENVIRONMENTS.keys())
-
-
-def benchmark_task_names(name: str) -> list[str]:
-    """Task names of a Metaworld benchmark (one of METAWORLD_BENCHMARKS) in sub-env order: the class
-    table Metaworld's own benchmark builds from (`metaworld.env_dict.MT10_V3`, `MT25_V3`, `MT50_V3`)."""
-    from metaworld import env_dict
-
-    return list(getattr(env_dict, f"{name.upper()}_V3").keys())
-
-
-@dataclass(frozen=True)
-class EnvSpec:
-    """What to build. `tasks` is only read for `mt1` (one task) and `custom` (a list).
-
-    No defaults here: those of a run live in configs/env/*.yaml (`mtrl_famo.config.compose`).
-    """
-
-    name: str
-    one_hot: bool
-    vector_strategy: str
-    workers: int | Literal["auto"]  # processes of vector_strategy=workers: a count, or auto (see `worker_count`)
-    max_episode_steps: int
-    goals: str
-    reward_version: str
-    reward_normalization: str
-    tasks: tuple[str, ...] = ()  # no default of a run: configs/env/*.yaml set it; the benchmarks ignore it
-
-    def task_names(self) -> list[str]:
-        if self.name in METAWORLD_BENCHMARKS:
-            return benchmark_task_names(self.name)
-        return list(self.tasks)
-
-    def dims(self) -> tuple[int, int]:
-        """(obs_dim, action_dim) of the vector env `build_env` builds from this spec, without building it."""
-        return METAWORLD_OBS_DIM + (len(self.task_names()) if self.one_hot else 0), METAWORLD_ACTION_DIM
-
-    def validate(self) -> None:
-        """Raise ValueError (one sentence) for anything Metaworld would reject later."""
-        if self.name not in BENCHMARKS:
-            raise ValueError(f"Unknown env '{self.name}'; choose one of {', '.join(BENCHMARKS)}.")
-        if self.vector_strategy not in VECTOR_STRATEGIES:
-            raise ValueError(
-                f"Unknown env.vector_strategy '{self.vector_strategy}'; choose one of {', '.join(VECTOR_STRATEGIES)}."
-            )
-        if self.workers != "auto" and (
-            not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1
-        ):
-            raise ValueError(f"env.workers={self.workers} is invalid; choose auto or a positive integer.")
-        for key, value, choices in (
-            ("goals", self.goals, GOALS),
-            ("reward_version", self.reward_version, REWARD_VERSIONS),
-            ("reward_normalization", self.reward_normalization, REWARD_NORMALIZATIONS),
-        ):
-            if value not in choices:
-                raise ValueError(f"Unknown env.{key} '{value}'; choose one of {', '.join(choices)}.")
-        if not 1 <= self.max_episode_steps <= 500:
-            raise ValueError(
-                f"env.max_episode_steps={self.max_episode_steps} is out of range; Metaworld "
-                "episodes last between 1 and 500 steps."
-            )
-        if self.name in ("mt1", "custom"):
-            known = known_task_names()
-            if self.name == "mt1" and len(self.tasks) != 1:
-                raise ValueError(f"env=mt1 needs exactly one task in env.task, got {list(self.tasks)}.")
-            if self.name == "custom" and not self.tasks:
-                raise ValueError("env=custom needs a non-empty env.tasks list, e.g. env.tasks=[reach-v3,push-v3].")
-            for task in self.tasks:
-                if task not in known:
-                    raise ValueError(f"Unknown Metaworld task '{task}'; choose from {', '.join(known)}.")
-            if len(set(self.tasks)) != len(self.tasks):
-                raise ValueError(f"env.tasks lists a task twice: {list(self.tasks)}; each task must appear once.")
+# The env section of the config (EnvSpec) and its choices live in mtrl_famo.config, which imports no
+# gymnasium; they are re-exported here for the code that builds envs.
+__all__ = [
+    "BENCHMARKS",
+    "GOALS",
+    "METAWORLD_ACTION_DIM",
+    "METAWORLD_BENCHMARKS",
+    "METAWORLD_OBS_DIM",
+    "REWARD_NORMALIZATIONS",
+    "REWARD_VERSIONS",
+    "VECTORIZERS",
+    "VECTOR_STRATEGIES",
+    "EnvSpec",
+    "MultiTaskEnv",
+    "benchmark_task_names",
+    "build_env",
+    "known_task_names",
+    "sub_env_factories",
+    "worker_count",
+]
 
 
 def worker_count(workers: int | str, num_tasks: int) -> int:
@@ -229,7 +169,8 @@ def _worker_vector(spec: EnvSpec, seed: int, common: dict[str, Any]) -> gym.vect
 
 
 Vectorizer = Callable[[EnvSpec, int, dict[str, Any]], gym.vector.VectorEnv]
-# env.vector_strategy -> how the vector env is built (same sub-envs and seeds for all three).
+# env.vector_strategy -> how the vector env is built (same sub-envs and seeds for all three); its keys
+# are exactly mtrl_famo.config.VECTOR_STRATEGIES (tests/test_config_schema.py checks it).
 VECTORIZERS: dict[str, Vectorizer] = {
     "sync": _gymnasium_vector(gym.vector.SyncVectorEnv, "sync"),
     "async": _gymnasium_vector(gym.vector.AsyncVectorEnv, "async"),

@@ -119,10 +119,11 @@ class EvalProtocol:
     every_goal_in_turn: bool
 
 
+# `eval.protocol` -> how it evaluates; the keys are exactly mtrl_famo.config.EVAL_PROTOCOLS, the choices'
+# one home (tests/test_config_schema.py checks it).
 PROTOCOLS: dict[str, EvalProtocol] = {
     # N full-length episodes per task, success = success at any step (mtrl's rule).
     "any_success": EvalProtocol(evaluate, every_goal_in_turn=False),
     # Metaworld 3's own evaluation() (Meta-World+): stops an episode at its first success.
     "metaworld": EvalProtocol(evaluate_metaworld, every_goal_in_turn=True),
 }
-EVAL_PROTOCOLS = tuple(PROTOCOLS)

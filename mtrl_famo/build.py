@@ -15,8 +15,8 @@ from mtrl_famo import balancers
 from mtrl_famo.agents.sac import MultiTaskSAC
 from mtrl_famo.balancers import Balancer
 from mtrl_famo.compiled_update import speed_layers, use_capturable_adam
-from mtrl_famo.config import AgentConfig, BalancerConfig
-from mtrl_famo.learner import BALANCED_LOSSES, SACLearner
+from mtrl_famo.config import BALANCED_LOSSES, AgentConfig, BalancerConfig
+from mtrl_famo.learner import SACLearner
 from mtrl_famo.replay import TaskReplay
 from mtrl_famo.self_check import UpdateChoice, choose_update
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from mtrl_famo.agents.sac import MultiTaskSAC
+from mtrl_famo.config import REWARD_NORMALIZATIONS
 from mtrl_famo.envs import EpisodeTracker, MultiTaskEnv, RunningRewardScale, VectorStep
-from mtrl_famo.envs.builder import REWARD_NORMALIZATIONS
 from mtrl_famo.replay import TaskReplay
 
 

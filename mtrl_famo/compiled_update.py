@@ -31,7 +31,8 @@ from mtrl_famo import balancers as balancer_registry
 from mtrl_famo.agents.sac import actor_loss, critic_loss
 from mtrl_famo.balancers import Balancer, LossWeighting
 from mtrl_famo.balancers.base import DEVICE_CHECK_EVERY
-from mtrl_famo.learner import BALANCED_LOSSES, Cadence, PolicyNoise, SACLearner, UpdateFn, UpdateResult
+from mtrl_famo.config import BALANCED_LOSSES
+from mtrl_famo.learner import Cadence, PolicyNoise, SACLearner, UpdateFn, UpdateResult
 from mtrl_famo.optim import rebuilt
 from mtrl_famo.replay import FIELDS, Batch
 
@@ -84,7 +85,7 @@ def resolve_cuda_graph(value: bool | str, device: torch.device, balancer_classes
 
 
 def check_config(compile_value: Any, graph_value: Any, device: str, balancer: str, apply_to: Iterable[str]) -> None:
-    """The config validation of both keys (mtrl_famo.config.validate), before anything is built."""
+    """The pre-flight check of both keys (mtrl_famo.preflight.check), before anything is built."""
     check_setting("compile", compile_value)
     resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu"))
     classes = [balancer_registry.REGISTRY[balancer if loss in apply_to else "mtsac"] for loss in BALANCED_LOSSES]

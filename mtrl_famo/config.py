@@ -1,25 +1,32 @@
-"""Typed view of the Hydra config and its validation (one clear sentence per mistake).
+"""The config schema: one frozen dataclass per section of the YAML tree under configs/, and the checks
+that need nothing but the values (one clear sentence per mistake).
 
-The config files under configs/ are the one home of every run default: the dataclasses here
-have no defaults, and `from_dict` requires every key (a missing or unknown key is one sentence).
+The config files under configs/ are the one home of every run default: the dataclasses here have no
+defaults, and `from_dict` requires every key (a missing or unknown key is one sentence). The tree and
+the dataclasses mirror each other: `config.eval.every` is `eval: every:`, and `dataclasses.asdict` of a
+TrainConfig has the shape of the YAML tree.
+
+What a key is for besides its value is field metadata (`roles`): whether it may change when a run
+resumes (`resumable`), whether it fixes the agent's shape (`shape`), whether it is part of the protocol a
+success rate is measured under (`protocol`). `keys_with_role` lists the dotted keys of a role; the
+trainer, `python -m mtrl_famo.evaluate` and the report read their lists from there.
+
+The choices of a key (heads, temperatures, protocols, ...) are `Literal` types here, their one home;
+the modules that implement them import the tuples below. This module imports neither torch nor
+gymnasium: checks that need the machine (device, memory, compile, launcher, video backend, W&B, the
+balancers' own option checks) are mtrl_famo.preflight's.
 """
 
 from __future__ import annotations
 
-import re
+import dataclasses
 import typing
-from collections.abc import Iterable
-from dataclasses import dataclass, fields
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
 
-from mtrl_famo import balancers
-from mtrl_famo.agents.networks import INITS
-from mtrl_famo.agents.sac import ALPHAS, HEADS, LOSSES_THAT_CAN_BE_NEGATIVE
 from mtrl_famo.configs import CONFIG_DIR  # re-exported: the one home of the config location
-from mtrl_famo.envs.builder import EnvSpec
-from mtrl_famo.envs.evaluation import EVAL_PROTOCOLS
-from mtrl_famo.learner import BALANCED_LOSSES
-from mtrl_famo.typecheck import describe, matches
+from mtrl_famo.typecheck import choices_of, describe, matches
 
 
 class ConfigError(ValueError):
@@ -38,16 +45,161 @@ class MissingKeyError(ConfigError):
 # the actor alone, not the replay and the update: mtrl_famo.memory.check_memory).
 Purpose = Literal["train", "evaluate"]
 
+# ----- choices (their one home; the implementing modules import these) --------------------------------
+# Metaworld's own multitask benchmarks: env=<name> builds `Meta-World/<NAME>` with its task list and order.
+MetaworldBenchmark = Literal["mt10", "mt25", "mt50"]
+EnvName = Literal["mt10", "mt25", "mt50", "mt1", "custom"]
+# sync: every sub-env in this process; async: gymnasium's AsyncVectorEnv, one process per task;
+# workers: `env.workers` processes, each stepping a contiguous group of tasks (envs/workers.py).
+VectorStrategy = Literal["sync", "async", "workers"]
+# random: each reset draws one of the task's 50 goals (Metaworld's default).
+# fixed: one goal per task, drawn once from the seed and kept (the published mtrl runs).
+Goals = Literal["random", "fixed"]
+RewardVersion = Literal["v2", "v1"]  # Metaworld 3 ships both reward functions
+# none: raw rewards. running_std: per task, reward / sqrt(running variance) (see envs/reward_scale.py).
+RewardNormalization = Literal["none", "running_std"]
+# per_task: one output head per task (multi-head SAC). shared: one head for all tasks (the published
+# mtrl runs: with no task id in the observation, the networks then cannot tell tasks apart).
+Heads = Literal["per_task", "shared"]
+# per_task: one learned temperature per task. shared: one temperature for all tasks.
+Alphas = Literal["per_task", "shared"]
+# pytorch: nn.Linear's default (uniform in +-1/sqrt(fan_in), weights and biases).
+# xavier: Xavier-uniform weights and zero biases (the published mtrl code's initialisation).
+Inits = Literal["pytorch", "xavier"]
+# The evaluation protocols of envs/evaluation.py (its PROTOCOLS table has exactly these keys).
+EvalProtocolName = Literal["any_success", "metaworld"]
+# The losses a balancer may be applied to (mtrl_famo.learner updates them in this order).
+BalancedLoss = Literal["critic", "actor"]
+# The balancers: one per file configs/balancer/<name>.yaml, the home of its defaults (the registry of
+# mtrl_famo.balancers holds exactly these names; tests/test_config_schema.py checks it).
+BALANCER_NAMES: tuple[str, ...] = tuple(sorted(path.stem for path in (CONFIG_DIR / "balancer").glob("*.yaml")))
+BalancerName = Literal[BALANCER_NAMES]  # type: ignore[valid-type]
+
+METAWORLD_BENCHMARKS: tuple[str, ...] = typing.get_args(MetaworldBenchmark)
+BENCHMARKS: tuple[str, ...] = typing.get_args(EnvName)
+VECTOR_STRATEGIES: tuple[str, ...] = typing.get_args(VectorStrategy)
+GOALS: tuple[str, ...] = typing.get_args(Goals)
+REWARD_VERSIONS: tuple[str, ...] = typing.get_args(RewardVersion)
+REWARD_NORMALIZATIONS: tuple[str, ...] = typing.get_args(RewardNormalization)
+HEADS: tuple[str, ...] = typing.get_args(Heads)
+ALPHAS: tuple[str, ...] = typing.get_args(Alphas)
+INITS: tuple[str, ...] = typing.get_args(Inits)
+EVAL_PROTOCOLS: tuple[str, ...] = typing.get_args(EvalProtocolName)
+BALANCED_LOSSES: tuple[str, ...] = typing.get_args(BalancedLoss)
+# The balanced losses that can be negative: the actor loss E[alpha log pi(a|s) - min Q(s, a)] is
+# below zero whenever Q exceeds alpha log pi, which in SAC it normally does. (The critic loss is a
+# squared error, never negative.) Balancers that need positive losses are refused for these.
+LOSSES_THAT_CAN_BE_NEGATIVE = frozenset({"actor"})
+
+# The cameras every Metaworld v3 task has (metaworld/assets/objects/assets/xyz_base.xml).
+Camera = Literal["corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV"]
+CAMERAS: tuple[str, ...] = typing.get_args(Camera)
+MAX_GIF_FPS = 50  # GIF frame delays are whole hundredths of a second, and browsers slow down below 2
+MIN_SIZE, MAX_SIZE = 16, 4096  # pixels per side of a video frame
+
+# Every Metaworld v3 task observes 39 numbers (plus the task one-hot when one_hot) and acts in 4.
+METAWORLD_OBS_DIM = 39
+METAWORLD_ACTION_DIM = 4
+
+# ----- roles ------------------------------------------------------------------------------------------
+# resumable: may change between a checkpoint and its resumption without changing the run.
+# shape: fixes the agent's shape or the meaning of its rows (task i = row i); evaluation may not change it.
+# protocol: defines what a success rate means (how it was trained for and measured); the report warns
+# about runs of one group that differ in it.
+Role = Literal["resumable", "shape", "protocol"]
+ROLES: tuple[str, ...] = typing.get_args(Role)
+
+
+def roles(*names: Role) -> dict[str, frozenset[str]]:
+    """Field metadata giving a key these roles: `field(metadata=roles("shape"))`."""
+    return {"roles": frozenset(names)}
+
+
+def _roles(metadata: Mapping[str, Any]) -> frozenset[str]:
+    return metadata.get("roles", frozenset())
+
+
+# ----- the sections -----------------------------------------------------------------------------------
+def known_task_names() -> list[str]:
+    """All Metaworld v3 task names, in the benchmark's MT50 order (Metaworld's table, read when asked)."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return list(ALL_V3_ENVIRONMENTS.keys())
+
+
+def benchmark_task_names(name: str) -> list[str]:
+    """Task names of a Metaworld benchmark (one of METAWORLD_BENCHMARKS) in sub-env order: the class
+    table Metaworld's own benchmark builds from (`metaworld.env_dict.MT10_V3`, `MT25_V3`, `MT50_V3`)."""
+    from metaworld import env_dict
+
+    return list(getattr(env_dict, f"{name.upper()}_V3").keys())
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """The env section (configs/env/*.yaml): what mtrl_famo.envs.build_env builds. `tasks` is only read
+    for `mt1` (one task) and `custom` (a list).
+
+    No defaults here: those of a run live in configs/env/*.yaml (`mtrl_famo.config.compose`).
+    """
+
+    # Keys the section may hold besides its fields, with their roles: env=mt1's single task name, which
+    # its file reads into `tasks: ["${env.task}"]`.
+    EXTRA_KEYS: ClassVar[dict[str, frozenset[str]]] = {"task": frozenset({"shape"})}
+
+    name: EnvName = field(metadata=roles("shape"))
+    one_hot: bool = field(metadata=roles("shape"))
+    # Every strategy steps the same sub-envs bit for bit; `workers` is the process count of vector_strategy=workers
+    # (a count, or auto: envs.builder.worker_count).
+    vector_strategy: VectorStrategy = field(metadata=roles("resumable"))
+    workers: int | Literal["auto"] = field(metadata=roles("resumable"))
+    max_episode_steps: int = field(metadata=roles("protocol"))
+    goals: Goals = field(metadata=roles("protocol"))
+    reward_version: RewardVersion = field(metadata=roles("protocol"))
+    reward_normalization: RewardNormalization = field(metadata=roles("protocol"))
+    tasks: tuple[str, ...] = field(default=(), metadata=roles("shape"))  # the benchmarks ignore it
+
+    def task_names(self) -> list[str]:
+        if self.name in METAWORLD_BENCHMARKS:
+            return benchmark_task_names(self.name)
+        return list(self.tasks)
+
+    def dims(self) -> tuple[int, int]:
+        """(obs_dim, action_dim) of the vector env `build_env` builds from this spec, without building it."""
+        return METAWORLD_OBS_DIM + (len(self.task_names()) if self.one_hot else 0), METAWORLD_ACTION_DIM
+
+    def validate(self) -> None:
+        """Raise ValueError (a ConfigError: one sentence) for anything Metaworld would reject later."""
+        check_values(EnvSpec, {f.name: getattr(self, f.name) for f in fields(self)}, "env")
+        if self.workers != "auto" and self.workers < 1:
+            raise ConfigError(f"env.workers={self.workers} is invalid; choose auto or a positive integer.")
+        if not 1 <= self.max_episode_steps <= 500:
+            raise ConfigError(
+                f"env.max_episode_steps={self.max_episode_steps} is out of range; Metaworld "
+                "episodes last between 1 and 500 steps."
+            )
+        if self.name in ("mt1", "custom"):
+            known = known_task_names()
+            if self.name == "mt1" and len(self.tasks) != 1:
+                raise ConfigError(f"env=mt1 needs exactly one task in env.task, got {list(self.tasks)}.")
+            if self.name == "custom" and not self.tasks:
+                raise ConfigError("env=custom needs a non-empty env.tasks list, e.g. env.tasks=[reach-v3,push-v3].")
+            for task in self.tasks:
+                if task not in known:
+                    raise ConfigError(f"Unknown Metaworld task '{task}'; choose from {', '.join(known)}.")
+            if len(set(self.tasks)) != len(self.tasks):
+                raise ConfigError(f"env.tasks lists a task twice: {list(self.tasks)}; each task must appear once.")
+
 
 @dataclass(frozen=True)
 class AgentConfig:
     """configs/agent/sac.yaml, key for key (documented and defaulted there)."""
 
-    heads: str
-    alpha: str
-    init: str
-    hidden_dim: int
-    num_layers: int
+    heads: Heads = field(metadata=roles("shape", "protocol"))
+    alpha: Alphas = field(metadata=roles("shape", "protocol"))
+    init: Inits
+    hidden_dim: int = field(metadata=roles("shape"))
+    num_layers: int = field(metadata=roles("shape"))
     batch_size_per_task: int
     warmup_steps: int
     replay_size: int
@@ -60,16 +212,17 @@ class AgentConfig:
     init_temperature: float
     log_std_min: float
     log_std_max: float
-    compile: bool | Literal["auto"]  # mtrl_famo.compiled_update resolves auto
-    cuda_graph: bool | Literal["auto"]
+    # Speed layers that change no result (mtrl_famo.compiled_update resolves auto).
+    compile: bool | Literal["auto"] = field(metadata=roles("resumable"))
+    cuda_graph: bool | Literal["auto"] = field(metadata=roles("resumable"))
 
 
 @dataclass(frozen=True)
 class BalancerConfig:
     """configs/balancer/<name>.yaml: the method, the losses it balances and its options."""
 
-    name: str
-    apply_to: tuple[str, ...]
+    name: BalancerName
+    apply_to: tuple[BalancedLoss, ...]
     options: dict[str, Any]
 
 
@@ -79,7 +232,7 @@ class VideoConfig:
 
     every: int  # at every Nth evaluation (and at the final one)
     tasks: Literal["all"] | tuple[str, ...]
-    camera: str
+    camera: Camera
     width: int
     height: int
     frame_stride: int
@@ -101,54 +254,83 @@ class WandbConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """configs/config.yaml's `eval:` group."""
+
+    every: int = field(metadata=roles("protocol"))  # every this many environment steps per task (and at the end)
+    episodes: int = field(metadata=roles("protocol"))  # deterministic episodes per task per evaluation
+    protocol: EvalProtocolName = field(metadata=roles("protocol"))
+    background: bool = field(metadata=roles("resumable"))  # same results, computed in a worker process
+    video: bool = field(metadata=roles("resumable"))  # observability: what is recorded, not what is trained
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """configs/config.yaml's `log:` group."""
+
+    every: int  # train/loss/perf scalars every this many environment steps per task
+    conflicts_every: int  # gradient-conflict statistics every this many updates
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """configs/config.yaml's `checkpoint:` group."""
+
+    every: int = field(metadata=roles("resumable"))  # 0 = only at the end and on signals
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """configs/config.yaml's `loop:` group."""
+
+    overlap: bool  # updates run while the env workers step (mtrl_famo.trainer.Trainer.step)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """configs/config.yaml with its env, agent and balancer groups (see FIELD_KEYS for the nested keys)."""
+    """configs/config.yaml with its groups, in the order of that file."""
 
     env: EnvSpec
     agent: AgentConfig
     balancer: BalancerConfig
+    video: VideoConfig = field(metadata=roles("resumable"))
+    wandb: WandbConfig = field(metadata=roles("resumable"))
     experiment: str
     seed: int
-    device: str
-    steps: int
-    run_dir: str
-    progress: bool
-    eval_every: int
-    eval_episodes: int
-    eval_protocol: str
-    eval_background: bool
-    log_every: int
-    conflicts_every: int
-    checkpoint_every: int
-    overlap: bool
-    eval_video: bool
-    video: VideoConfig
-    wandb: WandbConfig
+    device: str = field(metadata=roles("resumable"))
+    steps: int = field(metadata=roles("resumable"))
+    run_dir: str = field(metadata=roles("resumable"))
+    progress: bool = field(metadata=roles("resumable"))
+    eval: EvalConfig
+    log: LogConfig
+    checkpoint: CheckpointConfig
+    loop: LoopConfig
 
 
-# Where each plain TrainConfig field sits in the config tree.
-FIELD_KEYS: dict[str, tuple[str, ...]] = {
-    "experiment": ("experiment",),
-    "seed": ("seed",),
-    "device": ("device",),
-    "steps": ("steps",),
-    "run_dir": ("run_dir",),
-    "progress": ("progress",),
-    "eval_every": ("eval", "every"),
-    "eval_episodes": ("eval", "episodes"),
-    "eval_protocol": ("eval", "protocol"),
-    "eval_background": ("eval", "background"),
-    "eval_video": ("eval", "video"),
-    "log_every": ("log", "every"),
-    "conflicts_every": ("log", "conflicts_every"),
-    "checkpoint_every": ("checkpoint", "every"),
-    "overlap": ("loop", "overlap"),
-}
-FIELD_OF = {keys: field for field, keys in FIELD_KEYS.items() if len(keys) == 2}  # (section, key) -> field
-SECTIONS = ("env", "agent", "balancer", "video", "wandb", "eval", "log", "checkpoint", "loop")
-ENV_EXTRA_KEYS = ("task",)  # env=mt1's single task name, read through `tasks: ["${env.task}"]`
+def _section_types(cls: type) -> dict[str, type]:
+    """The fields of `cls` that are sections (dataclasses) themselves, by name."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if dataclasses.is_dataclass(hints[f.name])}
 
 
+def keys_with_role(wanted: Role, cls: type = TrainConfig, prefix: str = "") -> tuple[str, ...]:
+    """The dotted config keys with role `wanted`, in the order of the schema. A section with the role
+    counts as a whole (`video`); other sections are searched key by key, extra keys included (`env.task`)."""
+    if wanted not in ROLES:
+        raise ValueError(f"Unknown role '{wanted}'; choose one of {', '.join(ROLES)}.")
+    sections = _section_types(cls)
+    keys: list[str] = []
+    for item in fields(cls):
+        if wanted in _roles(item.metadata):
+            keys.append(prefix + item.name)
+        elif item.name in sections:
+            keys.extend(keys_with_role(wanted, sections[item.name], f"{prefix}{item.name}."))
+    extra: dict[str, frozenset[str]] = getattr(cls, "EXTRA_KEYS", {})
+    keys.extend(prefix + name for name, roles in extra.items() if wanted in roles)
+    return tuple(keys)
+
+
+# ----- reading and checking ---------------------------------------------------------------------------
 def _names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
@@ -174,8 +356,33 @@ def _section(cfg: Any, where: str, required: Iterable[str], optional: Iterable[s
     return dict(cfg)
 
 
-def _positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+def _label(where: str, key: str) -> str:
+    """How a key is named in a sentence: a section's `name` by the section (`env 'mt11'`, `balancer 'adam'`)."""
+    return where if key == "name" and where in ("env", "balancer") else f"{where}.{key}" if where else key
+
+
+def check_values(cls: type, values: Mapping[str, Any], where: str) -> None:
+    """Refuse a value that does not fit its field's type hint in `cls`, in one sentence: a choice
+    (`Literal`) names the bad value and the valid ones, any other type says what the value must be.
+    Sections (dataclass fields) are left to their own call."""
+    hints = typing.get_type_hints(cls)
+    for item in fields(cls):
+        hint, value = hints[item.name], values[item.name]
+        if dataclasses.is_dataclass(hint) or matches(value, hint):
+            continue
+        label = _label(where, item.name)
+        options = choices_of(hint)
+        if options is not None:
+            raise ConfigError(f"Unknown {label} '{value}'; choose one of {', '.join(map(str, options))}.")
+        item_options = choices_of(typing.get_args(hint)[0]) if typing.get_origin(hint) is tuple else None
+        if item_options is not None and isinstance(value, (list, tuple)):
+            bad = next(element for element in value if element not in item_options)
+            raise ConfigError(f"{label} names unknown '{bad}'; choose from {', '.join(map(str, item_options))}.")
+        raise ConfigError(f"{label}={value!r} is invalid; it must be {describe(hint)}.")
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
         raise ConfigError(f"{name}={value} is invalid; it must be a positive integer.")
 
 
@@ -184,158 +391,61 @@ def _in_range(name: str, value: float, low: float, high: float) -> None:
         raise ConfigError(f"{name}={value} is out of range; it must lie in [{low}, {high}].")
 
 
-def from_dict(cfg: dict[str, Any], *, purpose: Purpose = "train") -> TrainConfig:
-    """Build and validate a TrainConfig from the resolved Hydra config (a plain dict).
+def _read(cls: type, cfg: Any, where: str) -> Any:
+    """Section `cls` from its part of the resolved config: every key present, each value of its type
+    (lists become tuples; a null list or mapping an empty one), nested sections read the same way."""
+    extra: dict[str, frozenset[str]] = getattr(cls, "EXTRA_KEYS", {})
+    raw = _section(cfg, where, _names(cls), tuple(extra))
+    sections = _section_types(cls)
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name in _names(cls):
+        value, hint = raw[name], hints[name]
+        if name in sections:
+            value = _read(sections[name], value, f"{where}.{name}" if where else name)
+        elif value is None and typing.get_origin(hint) in (tuple, dict):
+            value = typing.get_origin(hint)()
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    check_values(cls, values, where)
+    return cls(**values)
+
+
+def from_dict(cfg: dict[str, Any]) -> TrainConfig:
+    """Build and check a TrainConfig from the resolved Hydra config (a plain dict).
 
     Every key is required (the files under configs/ give each its default); a missing or an
-    unknown key is refused in one sentence rather than filled in here.
+    unknown key is refused in one sentence rather than filled in here. The machine is not asked
+    anything: mtrl_famo.preflight.check does that.
     """
-    top = _section(cfg, "", [*(keys[0] for keys in FIELD_KEYS.values() if len(keys) == 1), *SECTIONS])
-    sections = {
-        "env": _section(top["env"], "env", _names(EnvSpec), ENV_EXTRA_KEYS),
-        "agent": _section(top["agent"], "agent", _names(AgentConfig)),
-        "balancer": _section(top["balancer"], "balancer", _names(BalancerConfig)),
-        "video": _section(top["video"], "video", _names(VideoConfig)),
-        "wandb": _section(top["wandb"], "wandb", _names(WandbConfig)),
-        **{
-            name: _section(top[name], name, [keys[1] for keys in FIELD_KEYS.values() if keys[0] == name])
-            for name in ("eval", "log", "checkpoint", "loop")
-        },
-    }
-    check_scalar_types(sections)
-    env_cfg, balancer_cfg = sections["env"], sections["balancer"]
-    env = EnvSpec(
-        name=str(env_cfg["name"]),
-        tasks=tuple(str(t) for t in env_cfg["tasks"] or ()),
-        one_hot=bool(env_cfg["one_hot"]),
-        vector_strategy=str(env_cfg["vector_strategy"]),
-        workers=env_cfg["workers"],
-        max_episode_steps=int(env_cfg["max_episode_steps"]),
-        goals=str(env_cfg["goals"]),
-        reward_version=str(env_cfg["reward_version"]),
-        reward_normalization=str(env_cfg["reward_normalization"]),
-    )
-    balancer = BalancerConfig(
-        name=str(balancer_cfg["name"]),
-        apply_to=tuple(balancer_cfg["apply_to"] or ()),
-        options=dict(balancer_cfg["options"] or {}),
-    )
-    plain = {
-        field: top[keys[0]] if len(keys) == 1 else sections[keys[0]][keys[1]] for field, keys in FIELD_KEYS.items()
-    }
-    plain["device"], plain["run_dir"], plain["progress"] = (
-        str(plain["device"]),
-        str(plain["run_dir"]),
-        bool(plain["progress"]),
-    )
-    plain["experiment"], plain["eval_protocol"] = str(plain["experiment"]), str(plain["eval_protocol"])
-    video_cfg, wandb_cfg = sections["video"], sections["wandb"]
-    video = VideoConfig(**{**video_cfg, "tasks": "all" if video_cfg["tasks"] == "all" else tuple(video_cfg["tasks"])})
-    wandb = WandbConfig(**{**wandb_cfg, "tags": tuple(wandb_cfg["tags"])})
-    config = TrainConfig(
-        env=env, agent=AgentConfig(**sections["agent"]), balancer=balancer, video=video, wandb=wandb, **plain
-    )
-    validate(config, purpose=purpose)
+    config = _read(TrainConfig, cfg, "")
+    validate(config)
     return config
 
 
-def check_scalar_types(sections: dict[str, dict[str, Any]]) -> None:
-    """Refuse `agent.lr=abc`, `env.max_episode_steps=abc` and the like in one sentence, from the
-    dataclasses' own type hints (the range checks in `validate` come after)."""
-    for section, cls, keys in (
-        ("agent", AgentConfig, _names(AgentConfig)),
-        (
-            "env",
-            EnvSpec,
-            (
-                "one_hot",
-                "vector_strategy",
-                "workers",
-                "max_episode_steps",
-                "goals",
-                "reward_version",
-                "reward_normalization",
-            ),
-        ),
-        ("eval", TrainConfig, ("background", "video")),
-        ("video", VideoConfig, _names(VideoConfig)),
-        ("wandb", WandbConfig, _names(WandbConfig)),
-        ("loop", TrainConfig, ("overlap",)),
-    ):
-        hints = typing.get_type_hints(cls)
-        for key in keys:
-            value = sections[section][key]
-            hint = hints[FIELD_OF.get((section, key), key)]
-            if not matches(value, hint):
-                raise ConfigError(f"{section}.{key}={value!r} is invalid; it must be {describe(hint)}.")
-
-
-def check_device(device: str) -> None:
-    """`auto`, `cpu`, `cuda` or `cuda:N`, and a CUDA device only where this machine has one."""
-    match = re.fullmatch(r"cuda(?::(\d+))?", device)
-    if device not in ("auto", "cpu") and match is None:
-        raise ConfigError(f"device={device} is invalid; choose auto, cpu, cuda or cuda:N.")
-    if match is None:
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={device} was asked for but this machine has no usable CUDA device (torch.cuda.is_available() is "
-            "False); use device=cpu, or device=auto to take a GPU only where there is one."
-        )
-    count = torch.cuda.device_count()
-    if match.group(1) is not None and int(match.group(1)) >= count:
-        raise ConfigError(
-            f"device={device} does not exist; this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}."
-        )
-
-
-def check_positive_losses(balancer: BalancerConfig, built: balancers.Balancer) -> None:
-    """Refuse a balancer that needs positive losses on a loss that is normally negative (SAC's actor loss)."""
-    for loss in balancer.apply_to:
-        if loss in LOSSES_THAT_CAN_BE_NEGATIVE and not built.accepts_negative_losses():
-            bound = type(built).loss_bound_option
-            bound_fix = f", or set balancer.options.{bound} below the lowest {loss} loss" if bound else ""
-            others = [name for name in balancer.apply_to if name not in LOSSES_THAT_CAN_BE_NEGATIVE] or ["critic"]
-            raise ConfigError(
-                f"balancer={balancer.name} needs positive losses but balancer.apply_to includes the {loss} loss, "
-                "which in "
-                f"SAC (alpha log pi - Q) is normally negative and would stop training with an error; keep "
-                f"balancer.apply_to=[{','.join(others)}]{bound_fix}."
-            )
-
-
-def validate(config: TrainConfig, *, purpose: Purpose = "train") -> None:
-    """Raise ConfigError naming the first bad value and what would be valid."""
-    try:
-        config.env.validate()
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    if not isinstance(config.seed, int) or isinstance(config.seed, bool) or config.seed < 0:
+def validate(config: TrainConfig) -> None:
+    """Raise ConfigError naming the first bad value and what would be valid (types and choices were
+    checked on reading, `check_values`; these are the ranges and the relations between keys)."""
+    config.env.validate()
+    if config.seed < 0:
         raise ConfigError(f"seed={config.seed} is invalid; it must be a non-negative integer.")
     _positive("steps", config.steps)
-    _positive("eval.every", config.eval_every)
-    _positive("eval.episodes", config.eval_episodes)
-    _positive("log.every", config.log_every)
-    _positive("log.conflicts_every", config.conflicts_every)
-    every = config.checkpoint_every
-    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+    _positive("eval.every", config.eval.every)
+    _positive("eval.episodes", config.eval.episodes)
+    _positive("log.every", config.log.every)
+    _positive("log.conflicts_every", config.log.conflicts_every)
+    if config.checkpoint.every < 0:
         raise ConfigError(
-            f"checkpoint.every={every} is invalid; it must be a non-negative integer "
+            f"checkpoint.every={config.checkpoint.every} is invalid; it must be a non-negative integer "
             "(0 = only at the end and on signals)."
         )
-    if config.eval_every > config.steps:
+    if config.eval.every > config.steps:
         raise ConfigError(
-            f"eval.every={config.eval_every} is larger than steps={config.steps}; no evaluation would run, "
+            f"eval.every={config.eval.every} is larger than steps={config.steps}; no evaluation would run, "
             "choose eval.every <= steps."
         )
-    if config.eval_protocol not in EVAL_PROTOCOLS:
-        raise ConfigError(f"Unknown eval.protocol '{config.eval_protocol}'; choose one of {', '.join(EVAL_PROTOCOLS)}.")
     agent = config.agent
-    for key, choices in (("heads", HEADS), ("alpha", ALPHAS), ("init", INITS)):
-        if getattr(agent, key) not in choices:
-            raise ConfigError(f"Unknown agent.{key} '{getattr(agent, key)}'; choose one of {', '.join(choices)}.")
     for name in (
         "hidden_dim",
         "num_layers",
@@ -346,7 +456,7 @@ def validate(config: TrainConfig, *, purpose: Purpose = "train") -> None:
         "target_update_every",
     ):
         _positive(f"agent.{name}", getattr(agent, name))
-    if not isinstance(agent.warmup_steps, int) or agent.warmup_steps < 0:
+    if agent.warmup_steps < 0:
         raise ConfigError(f"agent.warmup_steps={agent.warmup_steps} is invalid; it must be a non-negative integer.")
     num_tasks = len(config.env.task_names())
     if agent.replay_size < num_tasks:
@@ -361,43 +471,47 @@ def validate(config: TrainConfig, *, purpose: Purpose = "train") -> None:
         raise ConfigError(f"agent.init_temperature={agent.init_temperature} is invalid; it must be positive.")
     if agent.log_std_min >= agent.log_std_max:
         raise ConfigError(f"agent.log_std_min={agent.log_std_min} must be below agent.log_std_max={agent.log_std_max}.")
-    check_device(config.device)
+    check_video_settings(config.video, config.env)
+    if config.wandb.enabled and not config.wandb.project.strip():
+        raise ConfigError("wandb.project='' is invalid; name a W&B project, e.g. wandb.project=mtrl_famo.")
 
-    balancer = config.balancer
-    if balancer.name not in balancers.NAMES:
-        raise ConfigError(f"Unknown balancer '{balancer.name}'; choose one of {', '.join(balancers.NAMES)}.")
-    for loss in balancer.apply_to:
-        if loss not in BALANCED_LOSSES:
+
+def check_video_settings(settings: VideoConfig, spec: EnvSpec) -> None:
+    """Refuse a bad `video.*` value in one sentence (whether this machine can record is
+    mtrl_famo.video.check_video's question, asked by the pre-flight)."""
+    for key in ("every", "frame_stride"):
+        _positive(f"video.{key}", getattr(settings, key))
+    for key in ("width", "height"):
+        value = getattr(settings, key)
+        if not MIN_SIZE <= value <= MAX_SIZE or value % 2:
             raise ConfigError(
-                f"balancer.apply_to names unknown loss '{loss}'; choose from {', '.join(BALANCED_LOSSES)}."
+                f"video.{key}={value} is invalid; it must be an even number of pixels from {MIN_SIZE} to {MAX_SIZE} "
+                "(H.264 video needs even sizes)."
             )
-    try:
-        built = balancers.make(balancer.name, num_tasks, **balancer.options)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(str(error)) from None
-    check_positive_losses(balancer, built)
-    from mtrl_famo.compiled_update import check_config  # late: it imports the learner and balancers
-
-    try:
-        check_config(agent.compile, agent.cuda_graph, config.device, balancer.name, balancer.apply_to)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-    from mtrl_famo.memory import check_memory  # late: mtrl_famo.memory imports this module
-
-    check_memory(config, purpose)
-    from mtrl_famo.video import check_video  # late: these import this module
-    from mtrl_famo.wandb_logger import check_wandb
-
-    check_wandb(config.wandb)
-    check_video(config.video, config.env, enabled=config.eval_video)  # last: it may render a probe frame
+    if not 1 <= settings.fps <= MAX_GIF_FPS:
+        raise ConfigError(
+            f"video.fps={settings.fps} is invalid; it must lie in [1, {MAX_GIF_FPS}] (the most an animated GIF plays)."
+        )
+    if settings.tasks != "all":
+        names = spec.task_names()
+        if not settings.tasks:
+            raise ConfigError("video.tasks=[] would record nothing; name some tasks, or use video.tasks=all.")
+        for task in settings.tasks:
+            if task not in names:
+                raise ConfigError(
+                    f"video.tasks names '{task}', which is not a task of env={spec.name}; "
+                    f"choose from {', '.join(names)}."
+                )
+        if len(set(settings.tasks)) != len(settings.tasks):
+            raise ConfigError(f"video.tasks lists a task twice: {list(settings.tasks)}; each task must appear once.")
 
 
-def compose(*overrides: str) -> TrainConfig:
-    """The validated TrainConfig that `python -m mtrl_famo.train <overrides>` would run.
+def compose(*overrides: str, preflight: bool = True) -> TrainConfig:
+    """The checked TrainConfig that `python -m mtrl_famo.train <overrides>` would run.
 
-    For scripts and tests: the same config files, the same Hydra composition, the same checks;
-    an override Hydra cannot apply is a ConfigError too.
+    For scripts and tests: the same config files, the same Hydra composition, the same checks (with
+    `preflight`, mtrl_famo.preflight.check's machine checks too, as the CLI runs them; the run_dir is
+    not created); an override Hydra cannot apply is a ConfigError too.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -416,4 +530,11 @@ def compose(*overrides: str) -> TrainConfig:
                 first_line.rstrip(".") + ": no such config key; `python -m mtrl_famo.train --cfg job` lists them all."
             )
         raise ConfigError(first_line) from None
-    return from_dict(resolved)
+    config = from_dict(resolved)
+    if preflight:
+        # The one upward reach of this module, at call time: mtrl_famo.preflight sits a layer above (it
+        # imports torch and this schema), and compose is the scripts' and tests' "what the CLI would run".
+        from mtrl_famo.preflight import check
+
+        check(config, "train")
+    return config

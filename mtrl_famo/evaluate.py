@@ -30,28 +30,19 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from mtrl_famo import checkpoint
+from mtrl_famo import checkpoint, preflight
 from mtrl_famo.agents.networks import Actor
 from mtrl_famo.atomic import write_text_atomic
 from mtrl_famo.build import build_agent
-from mtrl_famo.config import ConfigError, MissingKeyError, TrainConfig, from_dict
+from mtrl_famo.config import ConfigError, MissingKeyError, TrainConfig, from_dict, keys_with_role
 from mtrl_famo.evaluator import Evaluator
 from mtrl_famo.run_files import CONFIG_FILE, EVALUATIONS_DIR, VIDEOS_DIR
 from mtrl_famo.seeding import resolve_device
-from mtrl_famo.train import check_run_dir
 from mtrl_famo.video import video_path, write_video
 
-# Config keys whose value fixes the agent's shape or the meaning of its rows (task i = row i).
-SHAPE_KEYS = (
-    "env.name",
-    "env.task",
-    "env.tasks",
-    "env.one_hot",
-    "agent.heads",
-    "agent.alpha",
-    "agent.hidden_dim",
-    "agent.num_layers",
-)
+# Config keys whose value fixes the agent's shape or the meaning of its rows (task i = row i): the
+# schema's `shape` role (mtrl_famo.config).
+SHAPE_KEYS = keys_with_role("shape")
 
 # Settings of the machine a run trained on, replaced for evaluation before the overrides are applied.
 # Evaluation records no video unless `eval.video=true` is given (then into evaluations/videos/), and logs to no W&B run.
@@ -186,12 +177,13 @@ def check(argv: list[str]) -> Request:
         *group, leaf = key.split(".")
         (saved.setdefault(group[0], {}) if group else saved)[leaf] = value
     try:
-        config = from_dict(apply_overrides(saved, list(args.overrides)), purpose="evaluate")
+        config = from_dict(apply_overrides(saved, list(args.overrides)))
     except MissingKeyError as error:  # overrides cannot remove a key: the saved config lacks it
         raise ConfigError(
             f"{config_path} lacks {error.key}: the run was written by an older version of mtrl_famo, whose runs "
             "this version does not read; evaluate it with that version, or train it again with this one."
         ) from None
+    preflight.check(config, "evaluate")
     try:
         state = checkpoint.load_latest(run_dir, map_location="cpu", replay=False)
     except checkpoint.CheckpointError as error:
@@ -206,12 +198,12 @@ def check(argv: list[str]) -> Request:
         raise ConfigError(f"The checkpoint in {run_dir} does not fit its {CONFIG_FILE} ({first_line}).") from None
     env_step = int(state["collector"]["env_step"])
     out = args.out or (
-        run_dir / EVALUATIONS_DIR / f"{config.eval_protocol}_step{env_step}_episodes{config.eval_episodes}.json"
+        run_dir / EVALUATIONS_DIR / f"{config.eval.protocol}_step{env_step}_episodes{config.eval.episodes}.json"
     )
     if out.is_dir():
         raise ConfigError(f"--out {out} is a directory; pass the path of the JSON file to write.")
     try:
-        check_run_dir(str(out.parent))
+        preflight.check_run_dir(str(out.parent))
     except ConfigError:
         raise ConfigError(
             f"{out} cannot be written (its folder cannot be created or written); pass --out PATH."
@@ -226,16 +218,16 @@ def evaluate(request: Request) -> dict[str, Any]:
     evaluator = Evaluator(
         config.env,
         config.seed,
-        config.eval_episodes,
+        config.eval.episodes,
         request.agent,
         request.device,
-        protocol=config.eval_protocol,
-        video=config.video if config.eval_video else None,
+        protocol=config.eval.protocol,
+        video=config.video if config.eval.video else None,
     )
     videos = {}
     try:
         result = evaluator.run()
-        if config.eval_video:
+        if config.eval.video:
             for task, video in evaluator.record().items():
                 videos[task] = video_path(request.out.parent / VIDEOS_DIR, task, request.env_step)
                 write_video(videos[task], video)
@@ -244,8 +236,8 @@ def evaluate(request: Request) -> dict[str, Any]:
     return {
         "run_dir": str(request.run_dir),
         "env_step": request.env_step,
-        "protocol": config.eval_protocol,
-        "episodes_per_task": config.eval_episodes,
+        "protocol": config.eval.protocol,
+        "episodes_per_task": config.eval.episodes,
         "seed": config.seed,
         "overrides": request.overrides,
         "mean_success_rate": result.mean_success_rate,

@@ -11,10 +11,9 @@ from mtrl_famo.agents.networks import is_task_specific
 from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, alpha_loss, critic_loss
 from mtrl_famo.balanced_backward import ConflictStats, conflict_stats_from_gram
 from mtrl_famo.balancers import BackwardResult, Balancer, backward_grouped
+from mtrl_famo.config import BALANCED_LOSSES  # the losses a balancer may take (their one home: the config)
 from mtrl_famo.optim import load_adam_state, make_adam
 from mtrl_famo.replay import Batch
-
-BALANCED_LOSSES = ("critic", "actor")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """How much memory a run needs, how much its device has free, and the refusal when it does not fit.
 
-Checked before any work starts (`mtrl_famo.config.validate`), so an oversized batch or replay is
+Checked before any work starts (`mtrl_famo.preflight.check`), so an oversized batch or replay is
 one sentence instead of a process the kernel kills minutes later.
 """
 
@@ -15,7 +15,10 @@ import torch
 from mtrl_famo import balancers
 from mtrl_famo.balancers import GradientManipulation
 from mtrl_famo.balancers.backprop import decides_from_gram
-from mtrl_famo.config import AgentConfig, BalancerConfig, ConfigError, Purpose, TrainConfig
+from mtrl_famo.compiled_update import resolve_compile, resolve_cuda_graph
+from mtrl_famo.config import BALANCED_LOSSES, AgentConfig, BalancerConfig, ConfigError, Purpose, TrainConfig
+from mtrl_famo.envs.builder import worker_count
+from mtrl_famo.seeding import resolve_device
 
 FLOAT_BYTES = 4  # training runs in float32
 MIB = 2**20
@@ -167,8 +170,6 @@ def env_process_bytes(vector_strategy: str, workers: int | str, num_tasks: int, 
     if workers == "auto" and cores is not None:
         count = min(num_tasks, max(1, cores - 1))  # envs.builder.worker_count's rule, for a given core count
     else:
-        from mtrl_famo.envs.builder import worker_count
-
         count = worker_count(workers, num_tasks)
     return count * ENV_WORKER_BYTES + num_tasks * ENV_TASK_BYTES
 
@@ -182,7 +183,7 @@ def estimate_host_memory(config: TrainConfig, replay_bytes: int, cores: int | No
     spec, num_tasks = config.env, len(config.env.task_names())
     training = env_process_bytes(spec.vector_strategy, spec.workers, num_tasks, cores)
     evaluation = 0
-    if config.eval_background:
+    if config.eval.background:
         evaluation = EVAL_WORKER_BYTES + env_process_bytes(spec.vector_strategy, spec.workers, num_tasks, cores)
     return HostEstimate(env_workers=training, eval_worker=evaluation, checkpoint=replay_bytes)
 
@@ -266,8 +267,6 @@ def check_memory(config: TrainConfig, purpose: Purpose = "train") -> None:
     against the host's free memory. On CUDA: the first two against the device's free memory, the host
     part against the host's.
     """
-    from mtrl_famo.seeding import resolve_device
-
     device = resolve_device(config.device)
     free = available_memory(device)
     obs_dim, action_dim = config.env.dims()
@@ -298,8 +297,6 @@ Part = tuple[int, str, str, str]
 
 def memory_parts(config: TrainConfig, device_type: str, cores: int | None = None) -> tuple[list[Part], list[Part]]:
     """What a training run needs on its device and (besides) on the host, part by part."""
-    from mtrl_famo.compiled_update import resolve_compile, resolve_cuda_graph
-
     agent, env = config.agent, config.env
     obs_dim, action_dim = env.dims()
     num_tasks = len(env.task_names())
@@ -308,7 +305,7 @@ def memory_parts(config: TrainConfig, device_type: str, cores: int | None = None
     compile_on = resolve_compile(agent.compile, device)
     classes = [
         balancers.REGISTRY[config.balancer.name if loss in config.balancer.apply_to else "mtsac"]
-        for loss in ("critic", "actor")
+        for loss in BALANCED_LOSSES
     ]
     graph_on = resolve_cuda_graph(agent.cuda_graph, device, classes)
     layer_key = "agent.cuda_graph" if graph_on else "agent.compile"

@@ -46,6 +46,7 @@ import numpy as np
 from scipy import stats
 
 from mtrl_famo.atomic import atomic_output, write_text_atomic
+from mtrl_famo.config import keys_with_role
 from mtrl_famo.metrics import EVAL_SUCCESS
 from mtrl_famo.run_files import CONFIG_FILE, SUMMARY_FILE
 
@@ -56,18 +57,9 @@ CONFIDENCE = 0.95
 DEFAULT_REPS = 2000
 
 # Settings that define what a success rate means (how it was trained for and measured): runs of one
-# group that differ in any of them are warned about. Dotted paths into the saved config.yaml.
-PROTOCOL_KEYS = (
-    "eval.protocol",
-    "eval.episodes",
-    "eval.every",
-    "env.max_episode_steps",
-    "env.goals",
-    "env.reward_version",
-    "env.reward_normalization",
-    "agent.heads",
-    "agent.alpha",
-)
+# group that differ in any of them are warned about. Dotted paths into the saved config.yaml: the
+# schema's `protocol` role (mtrl_famo.config).
+PROTOCOL_KEYS = keys_with_role("protocol")
 # Keys every config.yaml of this version records; a config without them is of an older version (not read).
 REQUIRED_KEYS = ("experiment", "eval.protocol")
 

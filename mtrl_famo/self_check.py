@@ -37,7 +37,8 @@ from typing import Any
 import torch
 
 from mtrl_famo.compiled_update import Layer, restore, snapshot
-from mtrl_famo.learner import BALANCED_LOSSES, SACLearner, UpdateFn, UpdateResult
+from mtrl_famo.config import BALANCED_LOSSES
+from mtrl_famo.learner import SACLearner, UpdateFn, UpdateResult
 from mtrl_famo.replay import Batch
 from mtrl_famo.seeding import restore_rng_state, rng_state
 

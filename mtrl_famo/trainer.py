@@ -21,7 +21,7 @@ from mtrl_famo.background_eval import BackgroundEvaluator
 from mtrl_famo.build import build_agent, build_learner, build_replay, build_update
 from mtrl_famo.callbacks import Callback, Stop
 from mtrl_famo.collector import Collector
-from mtrl_famo.config import TrainConfig
+from mtrl_famo.config import TrainConfig, keys_with_role
 from mtrl_famo.envs import build_env
 from mtrl_famo.evaluator import Evaluator
 from mtrl_famo.metrics import MetricsWriter, TrainMetrics
@@ -39,32 +39,43 @@ from mtrl_famo.self_check import UpdateChoice, eager_choice
 from mtrl_famo.timing import UpdateTimer
 from mtrl_famo.wandb_logger import WandbRun
 
-# Options that may change between a checkpoint and its resumption without changing the run.
-# A dotted key names a key of a config group (agent.compile: speed layers that change no result).
-RESUMABLE_CHANGES = (
-    "steps",
-    "progress",
-    "device",
-    "run_dir",
-    "checkpoint_every",
-    "eval_background",
-    "agent.compile",
-    "agent.cuda_graph",
-    "env.vector_strategy",  # every strategy steps the same sub-envs bit for bit
-    "env.workers",
-    "eval_video",  # observability: what is recorded and where it is sent, not what is trained
-    "video",
-    "wandb",
-)
+# Options that may change between a checkpoint and its resumption without changing the run: the
+# schema's `resumable` role (mtrl_famo.config), dotted keys (`agent.compile`) or whole groups (`video`).
+RESUMABLE_CHANGES = keys_with_role("resumable")
+# Where the checkpoints of this format written before the config was nested kept their flat keys.
+_FLAT_KEYS = {
+    "eval_every": ("eval", "every"),
+    "eval_episodes": ("eval", "episodes"),
+    "eval_protocol": ("eval", "protocol"),
+    "eval_background": ("eval", "background"),
+    "eval_video": ("eval", "video"),
+    "log_every": ("log", "every"),
+    "conflicts_every": ("log", "conflicts_every"),
+    "checkpoint_every": ("checkpoint", "every"),
+    "overlap": ("loop", "overlap"),
+}
+
+
+def _nested(values: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config copy in the config tree's shape (one written with flat keys is moved there)."""
+    values = {key: dict(value) if isinstance(value, dict) else value for key, value in values.items()}
+    for flat, (group, key) in _FLAT_KEYS.items():
+        if flat in values:
+            values.setdefault(group, {})[key] = values.pop(flat)
+    return values
 
 
 def comparable_config(values: dict[str, Any]) -> dict[str, Any]:
     """A run's config (`dataclasses.asdict` of its TrainConfig, or a checkpoint's copy of it) without
     RESUMABLE_CHANGES. (A checkpoint of an older layout never gets here: mtrl_famo.checkpoint refuses it.)"""
-    values = dict(values)
-    for group, key in (dotted.split(".") for dotted in RESUMABLE_CHANGES if "." in dotted):
-        values[group] = {k: v for k, v in values[group].items() if k != key}
-    return {key: value for key, value in values.items() if key not in RESUMABLE_CHANGES}
+    values = _nested(values)
+    for dotted in RESUMABLE_CHANGES:
+        *groups, key = dotted.split(".")
+        node = values
+        for group in groups:
+            node = node.get(group, {})
+        node.pop(key, None)
+    return {key: value for key, value in values.items() if value != {}}  # a group left empty (checkpoint)
 
 
 class Trainer:
@@ -94,24 +105,24 @@ class Trainer:
             reward_normalization=config.env.reward_normalization,
         )
         self.evaluator: Evaluator | BackgroundEvaluator
-        video = config.video if config.eval_video else None  # the settings of the videos the evaluator records
-        if config.eval_background:  # same results, computed in a worker process while training goes on
+        video = config.video if config.eval.video else None  # the settings of the videos the evaluator records
+        if config.eval.background:  # same results, computed in a worker process while training goes on
             self.evaluator = BackgroundEvaluator(
                 config.env,
                 config.seed,
-                config.eval_episodes,
+                config.eval.episodes,
                 self.agent.actor,
-                protocol=config.eval_protocol,
+                protocol=config.eval.protocol,
                 video=video,
             )
         else:
             self.evaluator = Evaluator(
                 config.env,
                 config.seed,
-                config.eval_episodes,
+                config.eval.episodes,
                 self.agent,
                 self.device,
-                protocol=config.eval_protocol,
+                protocol=config.eval.protocol,
                 video=video,
             )
         self.metrics = TrainMetrics()
@@ -136,7 +147,7 @@ class Trainer:
         shared generator is drawn in the same order (the action, then the updates' samples).
         """
         step = self.env_step + 1  # the step being collected, counted from 1
-        if not self.config.overlap:
+        if not self.config.loop.overlap:
             self.collector.step()
             self._update(step)
             return
@@ -151,7 +162,7 @@ class Trainer:
         results = []
         with self.update_timer.measure():
             for _ in range(self.config.agent.updates_per_step):
-                want_conflicts = (self.learner.num_updates + 1) % self.config.conflicts_every == 0
+                want_conflicts = (self.learner.num_updates + 1) % self.config.log.conflicts_every == 0
                 batch = self.replay.sample(self.config.agent.batch_size_per_task)
                 results.append(self.update_choice.update(batch, want_conflicts))
         self.metrics.add_updates(results)
@@ -180,9 +191,9 @@ class Trainer:
         """With eval.video: at every `video.every`-th evaluation (by step, so a resumed run agrees)
         and at the final one."""
         config, step = self.config, self.env_step
-        if not config.eval_video:
+        if not config.eval.video:
             return False
-        nth = step // config.eval_every if step % config.eval_every == 0 else None
+        nth = step // config.eval.every if step % config.eval.every == 0 else None
         return step >= config.steps or (nth is not None and nth % config.video.every == 0)
 
     def log_evaluations(self, writer: MetricsWriter, bar: tqdm | None = None, *, wait: bool = False) -> None:
@@ -216,7 +227,7 @@ class Trainer:
     # ----- checkpoint / resume ------------------------------------------------------------
     def _checkpoint_due(self) -> bool:
         """At the first exact resume point at or after each multiple of `checkpoint.every`."""
-        every = self.config.checkpoint_every
+        every = self.config.checkpoint.every
         return every > 0 and self.env_step // every > self._last_checkpoint_step // every
 
     def _comparable_config(self) -> dict[str, Any]:
@@ -328,9 +339,9 @@ class Trainer:
                     self.step()
                     bar.update(1)
                     self.log_evaluations(writer, bar)  # a background evaluation, as soon as it is ready
-                    if self.env_step % config.log_every == 0:
+                    if self.env_step % config.log.every == 0:
                         self.log_train(writer)
-                    if self.env_step % config.eval_every == 0 or self.env_step == config.steps:
+                    if self.env_step % config.eval.every == 0 or self.env_step == config.steps:
                         self.evaluate(writer, bar)
                     at_resume_point = self.collector.at_resume_point
                     if at_resume_point and (guard.pending is not None or self._checkpoint_due()):
@@ -343,7 +354,7 @@ class Trainer:
                         return self.summary()  # a benchmark's window is over: nothing more is written
                     stop_at_resume_point |= Stop.AT_RESUME_POINT in decisions
                     if at_resume_point and stop_at_resume_point:
-                        if self.env_step % config.eval_every != 0:  # not evaluated at this step yet
+                        if self.env_step % config.eval.every != 0:  # not evaluated at this step yet
                             self.evaluate(writer, bar)
                         break
                 self.log_evaluations(writer, bar, wait=True)

@@ -25,6 +25,11 @@ def describe(hint: Any) -> str:
     )
 
 
+def choices_of(hint: Any) -> tuple[Any, ...] | None:
+    """The values a `Literal` hint allows; None for any other hint."""
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+
+
 def matches(value: Any, hint: Any) -> bool:
     """Whether `value` fits the type hint (an int is fine where a float is expected; a bool is neither)."""
     if hint is Any:

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from mtrl_famo.atomic import atomic_output
-from mtrl_famo.config import ConfigError, VideoConfig
-from mtrl_famo.envs.builder import EnvSpec, sub_env_factories
+from mtrl_famo.config import ConfigError, EnvSpec, VideoConfig
+from mtrl_famo.envs.builder import sub_env_factories
 
 Policy = Callable[[np.ndarray], np.ndarray]  # obs [K, obs_dim] -> actions [K, action_dim], row i = task i
 
@@ -57,10 +57,6 @@ renderer.close()
 """
 _WORKING_BACKENDS: set[str] = set()  # probed in this process already
 
-# The cameras every Metaworld v3 task has (metaworld/assets/objects/assets/xyz_base.xml).
-CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
-MAX_GIF_FPS = 50  # GIF frame delays are whole hundredths of a second, and browsers slow down below 2
-MIN_SIZE, MAX_SIZE = 16, 4096  # pixels per side
 GIF_PALETTE_FRAMES = 6  # frames the GIF's one palette is drawn from
 VIDEO_PACKAGES = {"PyAV": "av", "Pillow": "PIL"}  # the `video` extra: what encodes the mp4 and the GIF
 
@@ -133,47 +129,18 @@ def check_backend() -> str:
     )
 
 
-def check_video(settings: VideoConfig, spec: EnvSpec, *, enabled: bool) -> None:
-    """Refuse a bad `video.*` value in one sentence; with `enabled` (eval.video=true) also a missing
-    `video` extra or rendering backend, so that a run never finds out at its first evaluation."""
-    for key in ("every", "frame_stride"):
-        value = getattr(settings, key)
-        if value < 1:
-            raise ConfigError(f"video.{key}={value} is invalid; it must be a positive integer.")
-    for key in ("width", "height"):
-        value = getattr(settings, key)
-        if not MIN_SIZE <= value <= MAX_SIZE or value % 2:
-            raise ConfigError(
-                f"video.{key}={value} is invalid; it must be an even number of pixels from {MIN_SIZE} to {MAX_SIZE} "
-                "(H.264 video needs even sizes)."
-            )
-    if not 1 <= settings.fps <= MAX_GIF_FPS:
+def check_video() -> None:
+    """For `eval.video=true`, before any work: refuse a missing `video` extra or rendering backend in one
+    sentence, so that a run never finds out at its first evaluation (the `video.*` values themselves are
+    checked with the config: mtrl_famo.config.check_video_settings)."""
+    missing = [package for package, module in VIDEO_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
         raise ConfigError(
-            f"video.fps={settings.fps} is invalid; it must lie in [1, {MAX_GIF_FPS}] (the most an animated GIF plays)."
+            f"eval.video=true needs {' and '.join(VIDEO_PACKAGES)} of the 'video' extra, and {', '.join(missing)} "
+            "is not installed; install it with pip install -e '.[video]' (from the repository root), or set "
+            "eval.video=false."
         )
-    if settings.camera not in CAMERAS:
-        raise ConfigError(f"Unknown video.camera '{settings.camera}'; choose one of {', '.join(CAMERAS)}.")
-    if settings.tasks != "all":
-        names = spec.task_names()
-        if not settings.tasks:
-            raise ConfigError("video.tasks=[] would record nothing; name some tasks, or use video.tasks=all.")
-        for task in settings.tasks:
-            if task not in names:
-                raise ConfigError(
-                    f"video.tasks names '{task}', which is not a task of env={spec.name}; "
-                    f"choose from {', '.join(names)}."
-                )
-        if len(set(settings.tasks)) != len(settings.tasks):
-            raise ConfigError(f"video.tasks lists a task twice: {list(settings.tasks)}; each task must appear once.")
-    if enabled:
-        missing = [package for package, module in VIDEO_PACKAGES.items() if importlib.util.find_spec(module) is None]
-        if missing:
-            raise ConfigError(
-                f"eval.video=true needs {' and '.join(VIDEO_PACKAGES)} of the 'video' extra, and {', '.join(missing)} "
-                "is not installed; install it with pip install -e '.[video]' (from the repository root), or set "
-                "eval.video=false."
-            )
-        check_backend()
+    check_backend()
 
 
 # ----- rendering ------------------------------------------------------------------------------------
@@ -194,7 +161,7 @@ class VideoRecorder:
     def __init__(self, spec: EnvSpec, seed: int, settings: VideoConfig):
         self.spec, self.seed, self.settings = spec, seed, settings
         self.task_names = spec.task_names()
-        self.tasks = list(self.task_names) if settings.tasks == "all" else list(settings.tasks)  # see check_video
+        self.tasks = list(self.task_names) if settings.tasks == "all" else list(settings.tasks)
         self._factories: list[Callable[[], Any]] | None = None
         self._envs: list[_TaskEnv] = []
 

@@ -32,17 +32,14 @@ ID_ALPHABET, ID_LENGTH = string.ascii_lowercase + string.digits, 8  # the shape 
 STEP_METRIC = "env_step"  # the x-axis of every W&B chart: environment steps per task, as in TensorBoard
 
 
-def check_wandb(settings: WandbConfig) -> None:
-    """Refuse `wandb.enabled=true` without the `wandb` extra, and an empty project, in one sentence."""
-    if not settings.enabled:
-        return
+def check_wandb() -> None:
+    """For `wandb.enabled=true`, before any work: refuse a missing `wandb` extra in one sentence (the
+    `wandb.*` values themselves are checked with the config, mtrl_famo.config.validate)."""
     if importlib.util.find_spec("wandb") is None:
         raise ConfigError(
             "wandb.enabled=true needs the wandb package of the 'wandb' extra, which is not installed; install it "
             "with pip install -e '.[wandb]' (from the repository root), or set wandb.enabled=false."
         )
-    if not settings.project.strip():
-        raise ConfigError("wandb.project='' is invalid; name a W&B project, e.g. wandb.project=mtrl_famo.")
 
 
 def run_id(run_dir: Path, resumed: bool) -> str:

@@ -124,7 +124,7 @@ def measure(config: TrainConfig, args: argparse.Namespace) -> dict[str, Any]:
             "update": trainer.update_choice.used,
             "verdicts": {v.layer: v.outcome for v in trainer.update_choice.verdicts},
             "vector": config.env.vector_strategy,
-            "overlap": config.overlap,
+            "overlap": config.loop.overlap,
             "tasks": trainer.env.num_tasks,
             "threads": torch.get_num_threads(),
             "steps": args.steps,

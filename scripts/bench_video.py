@@ -45,10 +45,10 @@ def measure(overrides: list[str]) -> dict[str, Any]:
     evaluator = Evaluator(
         config.env,
         config.seed,
-        config.eval_episodes,
+        config.eval.episodes,
         agent,
         device,
-        protocol=config.eval_protocol,
+        protocol=config.eval.protocol,
         video=config.video,
     )
     try:
@@ -62,9 +62,9 @@ def measure(overrides: list[str]) -> dict[str, Any]:
     return {
         "env": config.env.name,
         "tasks": len(config.env.task_names()),
-        "eval_episodes": config.eval_episodes,
+        "eval_episodes": config.eval.episodes,
         "max_episode_steps": config.env.max_episode_steps,
-        "protocol": config.eval_protocol,
+        "protocol": config.eval.protocol,
         "vector_strategy": config.env.vector_strategy,
         "video": {key: getattr(video, key) for key in ("tasks", "camera", "width", "height", "frame_stride", "fps")}
         | {"shadows": video.shadows, "reflections": video.reflections, "recorded_tasks": len(videos)},

@@ -61,7 +61,7 @@ def log_intervals(config: TrainConfig, writer: MetricsWriter, intervals: int, up
     generator = torch.Generator().manual_seed(0)
     elapsed = 0.0
     for interval in range(1, intervals + 1):
-        step = interval * config.log_every
+        step = interval * config.log.every
         conflicts = {loss: ConflictStats(*torch.rand(3, generator=generator)) for loss in config.balancer.apply_to}
         metrics.add_updates(
             [UpdateResult(*torch.rand(3, k, generator=generator), conflicts=conflicts) for _ in range(updates)]
@@ -70,7 +70,7 @@ def log_intervals(config: TrainConfig, writer: MetricsWriter, intervals: int, up
         result = EvalResult(list(names), np.random.default_rng(step).random(k), np.random.default_rng(step).random(k))
         started = time.perf_counter()
         metrics.write(writer, step, episodes, torch.rand(k, 1), balancers, config.balancer.apply_to, update_seconds=0.1)
-        if step % config.eval_every < config.log_every:  # the trainer logs an evaluation about this often
+        if step % config.eval.every < config.log.every:  # the trainer logs an evaluation about this often
             writer.evaluation(result, step)
             writer.flush()
         elapsed += time.perf_counter() - started
@@ -114,14 +114,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             writer.close()
             finish_s = time.perf_counter() - started
         service_s = service_cpu_seconds() - service_before
-    per_step_ms = 1e3 * (both_s - tensorboard_s + service_s) / (args.intervals * config.log_every)
+    per_step_ms = 1e3 * (both_s - tensorboard_s + service_s) / (args.intervals * config.log.every)
     step_ms = args.step_ms if args.step_ms is not None else training_step_ms(args.overrides)
     return {
         "env": config.env.name,
         "balancer": config.balancer.name,
         "wandb_mode": os.environ["WANDB_MODE"],
         "intervals": args.intervals,
-        "log_every": config.log_every,
+        "log_every": config.log.every,
         "tensorboard_ms_per_interval": 1e3 * tensorboard_s / args.intervals,
         "with_wandb_ms_per_interval": 1e3 * both_s / args.intervals,
         "wandb_service_cpu_ms_per_interval": 1e3 * service_s / args.intervals,

@@ -193,6 +193,6 @@ def test_worker_killed_is_one_error_here_not_a_hang() -> None:
 
 
 def test_eval_background_must_be_a_boolean() -> None:
-    assert compose(*RUN).eval_background is True  # configs/config.yaml's default
+    assert compose(*RUN).eval.background is True  # configs/config.yaml's default
     with pytest.raises(ConfigError, match=r"eval.background='sometimes' is invalid; it must be true or false"):
         compose(*RUN, "eval.background=sometimes")

@@ -10,7 +10,8 @@ import torch
 
 from mtrl_famo.balancers import NAMES
 from mtrl_famo.config import ConfigError
-from mtrl_famo.train import SUBMITIT_PLUGIN, check_run_dir, cli
+from mtrl_famo.preflight import SUBMITIT_PLUGIN, check_run_dir
+from mtrl_famo.train import cli
 
 from conftest import TINY_RUN, run_cli, tb_scalars
 
@@ -167,7 +168,7 @@ def test_run_dir_probe_creates_the_directory_and_cleans_up_only_after_a_failure(
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(kwargs.get("dir")))
 
-    monkeypatch.setattr("mtrl_famo.train.tempfile.NamedTemporaryFile", refuse)
+    monkeypatch.setattr("mtrl_famo.preflight.tempfile.NamedTemporaryFile", refuse)
     with pytest.raises(ConfigError) as error:
         check_run_dir(str(kept / "c" / "d"))
     assert "cannot be created or written (Permission denied" in str(error.value)
@@ -184,7 +185,7 @@ def test_sweep_job_checks_its_run_dir_inside_main(tmp_path, monkeypatch, capsys)
     def refuse(*args, **kwargs):
         raise OSError(30, "Read-only file system", str(kwargs.get("dir")))
 
-    monkeypatch.setattr("mtrl_famo.train.tempfile.NamedTemporaryFile", refuse)
+    monkeypatch.setattr("mtrl_famo.preflight.tempfile.NamedTemporaryFile", refuse)
     monkeypatch.setattr("sys.argv", ["mtrl_famo.train", "-m", *TINY_RUN, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     with pytest.raises(SystemExit) as stopped:
         cli()

@@ -10,8 +10,8 @@ import torch
 
 from mtrl_famo import memory
 from mtrl_famo.balancers import LossWeighting
-from mtrl_famo.config import BalancerConfig, ConfigError, check_positive_losses, compose
-from mtrl_famo.train import check_launcher
+from mtrl_famo.config import BalancerConfig, ConfigError, compose
+from mtrl_famo.preflight import check_launcher, check_positive_losses
 
 GiB = 1 << 30
 TWO_TASKS = ("env=custom", "env.tasks=[reach-v3,push-v3]")

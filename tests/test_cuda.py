@@ -167,7 +167,7 @@ def test_background_evaluation_of_a_cuda_trained_policy(tmp_path: Path) -> None:
     config = trainer.config
     cpu_agent = copy.deepcopy(trainer.agent).to("cpu")
     blocking = Evaluator(
-        config.env, config.seed, config.eval_episodes, cpu_agent, torch.device("cpu"), protocol=config.eval_protocol
+        config.env, config.seed, config.eval.episodes, cpu_agent, torch.device("cpu"), protocol=config.eval.protocol
     )
     result = blocking.run()
     blocking.close()

@@ -210,7 +210,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=[*TINY_RUN, f"run_dir={run_dir}", "device=cpu"])
     config = from_dict(OmegaConf.to_container(cfg, resolve=True))
-    assert config.eval_protocol == "any_success"
+    assert config.eval.protocol == "any_success"
     Trainer(config).train(resolved_config=OmegaConf.to_yaml(cfg, resolve=True))
     return run_dir
 
@@ -242,7 +242,7 @@ def expected_evaluation(run_dir: Path, *overrides: str):
         log_std_max=config.agent.log_std_max,
     )
     agent.load_state_dict(state["agent"])
-    evaluator = Evaluator(config.env, config.seed, config.eval_episodes, agent, CPU, protocol=config.eval_protocol)
+    evaluator = Evaluator(config.env, config.seed, config.eval.episodes, agent, CPU, protocol=config.eval.protocol)
     try:
         return evaluator.run()
     finally:

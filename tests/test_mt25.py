@@ -93,7 +93,7 @@ def test_mt25_presets_compose_with_their_per_benchmark_values(overrides, expecte
         "batch_size_per_task": config.agent.batch_size_per_task,
         "one_hot": config.env.one_hot,
         "dims": config.env.dims(),
-        "eval_every": config.eval_every,
+        "eval_every": config.eval.every,
         "c": config.balancer.options.get("c"),
     }
     assert {key: got[key] for key in expected} == expected

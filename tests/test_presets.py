@@ -89,5 +89,5 @@ def test_preset_trains_a_few_hundred_steps_on_two_tasks(name: str, tmp_path: Pat
 def test_mt50_values_of_the_presets() -> None:
     assert compose("experiment=cagrad_paper", "env=mt50").agent.batch_size_per_task == 26  # 1300 in all
     assert compose("experiment=cagrad_paper", "env=mt10").agent.batch_size_per_task == 128  # 1280 in all
-    assert compose("experiment=metaworld_plus", "env=mt50").eval_every == 4000
-    assert compose("experiment=metaworld_plus", "env=mt10").eval_every == 20000
+    assert compose("experiment=metaworld_plus", "env=mt50").eval.every == 4000
+    assert compose("experiment=metaworld_plus", "env=mt10").eval.every == 20000

@@ -20,6 +20,7 @@ from typing import Any
 from mtrl_famo.balancers.backprop import BackwardResult, backward, backward_grouped
 from mtrl_famo.balancers.base import Balancer, GradientManipulation, GramMixing, HostGramMixing, LossWeighting
 from mtrl_famo.balancers.registry import REGISTRY, register
+from mtrl_famo.config import CONFIG_DIR
 from mtrl_famo.typecheck import describe, matches
 
 _INFRASTRUCTURE = {"backprop", "base", "registry"}
@@ -33,6 +34,8 @@ def _import_every_method() -> None:
 
 
 _import_every_method()
+# The registered names; the torch-free list of the config's choices (mtrl_famo.config.BALANCER_NAMES, read
+# from configs/balancer/*.yaml) must equal it: tests/test_config_schema.py checks that.
 NAMES: tuple[str, ...] = tuple(sorted(REGISTRY))
 
 
@@ -44,8 +47,6 @@ def options_of(name: str) -> list[str]:
 
 def config_file(name: str) -> Path:
     """`configs/balancer/<name>.yaml`, the home of the balancer's option defaults."""
-    from mtrl_famo.config import CONFIG_DIR  # late: mtrl_famo.config imports this package
-
     return CONFIG_DIR / "balancer" / f"{name}.yaml"
 
 
