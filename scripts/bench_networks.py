@@ -1,0 +1,131 @@
+"""Each network's parameters and milliseconds per SAC update at MT10 shapes, next to multi-head.
+
+    python scripts/bench_networks.py --threads 2
+    python scripts/bench_networks.py --networks multihead moore --balancers mtsac famo --repeats 10
+
+Shapes: K=10 tasks, observation 39 + the one-hot id (49), 4-dim actions, 128 transitions per task,
+each network at its published MT10 sizes (configs/agent/network/*.yaml: multihead 3 x 400; MOORE
+4 experts of 3 x 400; Soft Modularization 2 layers x 2 modules of 256, embedding 400, routing 256;
+PaCo 5 parameter sets of 3 x 400). The agent and learner are built directly (MultiTaskSAC +
+SACLearner with the configs' lr/tau/cadence) because the network is not yet a config key; balancers
+come from `mtrl_famo.balancers.make` with their config defaults, FAMO on the critic only (the actor
+on mtsac, as published), PCGrad and CAGrad on critic and actor. All (network, balancer) pairs are
+timed in one run, interleaved round by round (scripts/bench_timing.py), so the ratios are
+comparable on a noisy machine: `x multihead` is the network's update over multi-head's with the
+same balancer, `x mtsac` the balancer's over the same network's mtsac update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from functools import partial
+
+import torch
+from bench_timing import interleaved_ms, time_ms
+
+from mtrl_famo.agents.sac import MultiTaskSAC
+from mtrl_famo.balancers import make
+from mtrl_famo.learner import SACLearner
+from mtrl_famo.replay import TaskReplay
+
+K, OBS, ACT, BATCH, REPLAY_PER_TASK = 10, 39 + 10, 4, 128, 1000
+
+# name -> (hidden_dim, num_layers, options): the published MT10 sizes (configs/agent/network/).
+MT10 = {
+    "multihead": (400, 3, {}),
+    "moore": (400, 3, {"num_experts": 4}),
+    "soft_modular": (256, 2, {"num_modules": 2, "embedding_dim": 400, "routing_width": 256}),
+    "paco": (400, 3, {"num_parameter_sets": 5, "identical_init": False}),
+}
+# Which losses each balancer reweights (the others use mtsac), as the configs apply them.
+APPLIED_TO = {"famo": ("critic",)}
+
+
+def build(network: str, balancer: str, seed: int, device: torch.device) -> tuple[SACLearner, TaskReplay]:
+    hidden, layers, options = MT10[network]
+    torch.manual_seed(seed)
+    agent = MultiTaskSAC(
+        OBS,
+        ACT,
+        K,
+        heads="per_task",
+        alpha="per_task",
+        init="pytorch",
+        hidden_dim=hidden,
+        num_layers=layers,
+        discount=0.99,
+        init_temperature=1.0,
+        log_std_min=-20.0,
+        log_std_max=2.0,
+        network=network,
+        network_options=options,
+    ).to(device)
+    losses = APPLIED_TO.get(balancer, ("critic", "actor"))
+    balancers = {loss: make(balancer if loss in losses else "mtsac", K) for loss in ("critic", "actor")}
+    generator = torch.Generator(device).manual_seed(seed)
+    learner = SACLearner(
+        agent, balancers, lr=3e-4, tau=0.005, actor_update_every=1, target_update_every=1, generator=generator
+    )
+    replay = TaskReplay(K, REPLAY_PER_TASK, OBS, ACT, device, generator)
+    for _ in range(REPLAY_PER_TASK):
+        replay.add(
+            obs=torch.randn(K, OBS),
+            action=torch.rand(K, ACT) * 2 - 1,
+            reward=torch.randn(K),
+            next_obs=torch.randn(K, OBS),
+            terminated=torch.zeros(K),
+        )
+    return learner, replay
+
+
+def parameter_count(learner: SACLearner) -> int:
+    """Trainable parameters of the actor and one critic (what one network of each kind holds)."""
+    agent = learner.agent
+    return sum(p.numel() for p in agent.actor.parameters()) + sum(p.numel() for p in agent.critic.q1.parameters())
+
+
+def time_update(learner: SACLearner, replay: TaskReplay, device: torch.device) -> float:
+    sample = replay.sample(BATCH)
+    return time_ms(lambda: learner.update(sample), device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--networks", nargs="*", default=list(MT10), help=f"subset of {', '.join(MT10)}")
+    parser.add_argument("--balancers", nargs="*", default=["mtsac", "pcgrad", "famo", "cagrad"])
+    parser.add_argument("--repeats", type=int, default=15, help="timed updates per (network, balancer)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed updates per pair first")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    unknown = sorted(set(args.networks) - set(MT10))
+    if unknown:
+        parser.exit(2, f"error: unknown network(s) {', '.join(unknown)}; choose from {', '.join(MT10)}.\n")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    networks = ["multihead", *(n for n in args.networks if n != "multihead")]
+    balancers = ["mtsac", *(b for b in args.balancers if b != "mtsac")]
+    setups = {(n, b): build(n, b, args.seed, device) for n in networks for b in balancers}
+    timers = {pair: partial(time_update, learner, replay, device) for pair, (learner, replay) in setups.items()}
+    times = {pair: statistics.median(t) for pair, t in interleaved_ms(timers, args.repeats, args.warmup).items()}
+    print(
+        f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} "
+        f"K={K} obs={OBS} action={ACT} batch/task={BATCH}"
+    )
+    print(f"{'network':<13} {'params':>10} {'balancer':<8} {'ms/update':>10} {'x multihead':>12} {'x mtsac':>8}")
+    for n in networks:
+        count = parameter_count(setups[(n, "mtsac")][0])
+        for b in balancers:
+            ms = times[(n, b)]
+            print(
+                f"{n:<13} {count:>10,} {b:<8} {ms:>10.1f} {ms / times[('multihead', b)]:>12.2f} "
+                f"{ms / times[(n, 'mtsac')]:>8.2f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
