@@ -349,3 +349,21 @@ def test_default_agent_is_bit_identical_to_before(settings: tuple) -> None:
     for tensor in (action, log_prob, q1, q2):
         digest.update(tensor.detach().numpy().tobytes())
     assert digest.hexdigest()[:16] == DEFAULT_AGENT_CHECKSUMS[settings]
+
+
+def test_every_network_config_builds_its_network() -> None:
+    """configs/agent/network/<name>.yaml: one per registered network, its options accepted as they stand."""
+    import yaml
+
+    from mtrl_famo.configs import CONFIG_DIR
+
+    files = sorted((CONFIG_DIR / "agent" / "network").glob("*.yaml"))
+    assert {f.stem for f in files} == set(NETWORKS)
+    for path in files:
+        options = yaml.safe_load(path.read_text())
+        name = options.pop("name")
+        assert name == path.stem
+        net = network_factory(
+            name, hidden_dim=8, num_layers=2, num_tasks=K, shared_head=False, init="pytorch", options=options
+        )(OBS, 1)
+        assert net(torch.randn(K, 2, OBS)).shape == (K, 2, 1)
