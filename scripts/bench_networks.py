@@ -62,7 +62,11 @@ def build(network: str, balancer: str, seed: int, device: torch.device) -> tuple
         network_options=options,
     ).to(device)
     losses = APPLIED_TO.get(balancer, ("critic", "actor"))
-    balancers = {loss: make(balancer if loss in losses else "mtsac", K) for loss in ("critic", "actor")}
+    # A balancer's ${seed} option (PCGrad's random order) takes the run's seed, as the CLI would give it.
+    seeded = {"seed": seed} if balancer == "pcgrad" else {}
+    balancers = {
+        loss: make(balancer, K, **seeded) if loss in losses else make("mtsac", K) for loss in ("critic", "actor")
+    }
     generator = torch.Generator(device).manual_seed(seed)
     learner = SACLearner(
         agent, balancers, lr=3e-4, tau=0.005, actor_update_every=1, target_update_every=1, generator=generator
