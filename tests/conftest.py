@@ -8,18 +8,138 @@ import sys
 import time
 from pathlib import Path
 
+# Tests use tiny networks: a second thread only adds overhead on these shared 2-core machines, where
+# the suite already runs one pytest-xdist worker per core. Every process the tests start (CLI runs,
+# scripts, their workers) inherits this unless the test sets a thread count itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtrl_famo.envs import EnvSpec, build_env
 
-# Tests use tiny networks: a second thread only adds overhead on these shared 2-core machines, and
-# CLI subprocesses run with OMP_NUM_THREADS=1 as well.
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 HOOKS = Path(__file__).resolve().parent / "hooks"
+
+# ----- the suite in parallel (pytest-xdist) and its fast tier -----------------------------------------
+# pyproject.toml runs `-n auto --dist loadgroup --no-loadscope-reorder`: the hook below puts each test
+# file in a group of its own (two files that share a session's runs into one group), so a file's tests
+# run on one worker and share its module fixtures; the workers take the groups in the order set here.
+# CPU seconds of each file (measured with a per-test CPU plugin, `-n 2`, 2-core machine): the longest
+# first, so that none of them starts last and keeps the suite waiting. A stale entry only costs
+# balance; a file not listed goes after these, in collection order.
+FILE_CPU_S = {
+    "test_slurm_sweep.py": 200,  # little CPU here, but minutes of waiting for its Slurm jobs: start it first
+    "test_learning.py": 172,
+    "test_toy.py": 160,
+    "test_resume.py": 142,
+    "test_balancer_runs.py": 105,  # with test_cli.py (one group)
+    "test_evaluate.py": 57,
+    "test_env_tasks.py": 51,
+    "test_video.py": 50,  # with test_wandb.py (one group)
+    "test_env_workers.py": 43,
+    "test_report.py": 33,
+    "test_background_eval.py": 31,
+    "test_presets.py": 26,
+    "test_overlap.py": 26,
+    "test_protocol_env.py": 22,
+    "test_packaging.py": 19,
+    "test_bench_train.py": 18,
+    "test_trainer_loop.py": 14,
+    "test_compile.py": 11,
+    "test_callbacks.py": 10,
+    "test_bench_update.py": 10,
+}
+# Files that read the same session-scoped runs go to one worker, which then runs them once.
+SHARED_GROUPS = {
+    "test_cli.py": "test_balancer_runs.py",  # `tiny_cli_run`: tiny_balancer_runs reuses its mtsac and famo runs
+    "test_wandb.py": "test_video.py",  # tests/observed_run.py: one CLI run with videos and W&B, stopped and resumed
+}
+# The `slow` tier: real training runs, CLI and script subprocesses, wheel builds, Slurm, MT10/MT50
+# builds (each about 2 s of CPU or more). `pytest -m "not slow"` is the edit loop. Kept here, by
+# test function (every parametrization), for the files whose owners mark nothing themselves; a
+# name that no longer matches a collected test fails the session, so the list cannot go stale.
+SLOW_TESTS = {
+    "test_background_eval.py": (
+        "test_background_run_logs_what_the_blocking_run_logs",
+        "test_checkpoint_and_resume_with_background_evaluation_match_the_straight_run",
+        "test_result_is_the_blocking_evaluation_of_the_snapshot_taken_at_submit",
+    ),
+    "test_balancer_runs.py": ("*",),  # every test reads the multirun of every balancer
+    "test_bench_update.py": ("test_tiny_benchmark_runs_every_balancer", "test_bad_input_is_one_line"),
+    "test_bench_against.py": ("*",),
+    "test_cli.py": (
+        "test_bad_input_through_a_real_subprocess",
+        "test_run_writes_tensorboard_with_success_tags",
+        "test_same_seed_same_losses",
+        "test_default_run_dir_is_deterministic",
+    ),
+    "test_evaluate.py": (
+        "test_evaluate_cli_table_json_and_untouched_run",
+        "test_evaluate_needs_neither_the_replay_file_nor_the_training_memory",
+        "test_evaluator_checkpoint_resumes_the_goal_sequence",
+        "test_metaworld_protocol_is_metaworlds_own_evaluation",
+        "test_metaworld_protocol_stops_episodes_at_first_success",
+        "test_metaworld_protocol_visits_every_goal_once",
+    ),
+    "test_overlap.py": (
+        "test_overlapped_run_resumed_from_checkpoint_equals_straight_run",
+        "test_sequential_loop_is_act_step_store_update",
+    ),
+    "test_presets.py": ("test_preset_trains_a_few_hundred_steps_on_two_tasks",),
+    "test_report.py": (
+        "test_cli_bad_sweep_dir_exits_2_with_one_sentence",
+        "test_cli_writes_into_out_dir",
+        "test_report_of_a_real_tiny_sweep_matches_its_event_files",
+    ),
+    "test_resume.py": (
+        "test_checkpoint_every_not_a_multiple_of_the_episode_length",
+        "test_checkpoint_of_another_config_is_refused_and_nothing_overwritten",
+        "test_finished_run_relaunched_stays_finished",
+        "test_finished_run_with_more_steps_trains_on_exactly",
+        "test_kill9_and_corrupted_newest_checkpoint_fall_back_and_still_match",
+        "test_sigterm_checkpoints_and_resume_matches_uninterrupted",
+        "test_steps_not_a_multiple_of_eval_every_still_evaluates_at_the_end",
+    ),
+    "test_toy.py": (
+        "test_cagrad_reaches_the_front_from_every_start_of_its_paper",
+        "test_famo_reaches_the_front_from_every_start_of_its_paper",
+        "test_main_writes_png_and_one_row_per_run",
+        "test_mean_loss_stalls_from_both_top_starts_in_cagrad_setup",
+        "test_mean_loss_stalls_from_the_top_right_start_in_famo_setup",
+    ),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects and before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark SLOW_TESTS `slow`, put every test in its file's xdist group, and order the files by FILE_CPU_S
+    (each file's tests together and in their own order)."""
+    modules = {}
+    for item in items:
+        names = SLOW_TESTS.get(item.path.name, ())
+        if "*" in names or getattr(item, "originalname", item.name) in names:
+            item.add_marker(pytest.mark.slow)
+        modules.setdefault(item.path.name, getattr(item, "module", None))
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.name, item.path.name)))
+    stale = [
+        f"{file}::{name}"
+        for file, module in modules.items()
+        for name in SLOW_TESTS.get(file, ())
+        if module is not None and name != "*" and not hasattr(module, name)
+    ]
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py's SLOW_TESTS names tests that do not exist: {', '.join(stale)}")
+
+    def group(item: pytest.Item) -> str:
+        return SHARED_GROUPS.get(item.path.name, item.path.name)
+
+    position = {name: index for index, name in enumerate(dict.fromkeys(group(item) for item in items))}
+    items.sort(key=lambda item: (-FILE_CPU_S.get(group(item), 0), position[group(item)]))
+
 
 # Small, fast settings for end-to-end runs through the CLI.
 TINY_RUN = [

@@ -12,6 +12,7 @@ from conftest import REPO, run_script
 KEYS = {"env", "balancer", "device", "compile", "steps_per_s", "env_ms", "update_ms", "other_ms"}
 
 
+@pytest.mark.slow
 def test_bench_train_times_the_real_loop_and_prints_one_object_per_configuration() -> None:
     result = run_script(
         "bench_train.py",
@@ -36,6 +37,7 @@ def test_bench_train_times_the_real_loop_and_prints_one_object_per_configuration
         assert abs(1e3 / row["steps_per_s"] - (row["env_ms"] + row["update_ms"] + row["other_ms"])) < 0.1
 
 
+@pytest.mark.slow
 def test_bench_train_refuses_a_bad_override_in_one_line() -> None:
     result = run_script("bench_train.py", "--steps", "2", "--", "env.vector_strategy=threads")
     assert result.returncode == 2
@@ -43,6 +45,7 @@ def test_bench_train_refuses_a_bad_override_in_one_line() -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_bench_gram_solve_times_every_gram_balancer() -> None:
     result = run_script("bench_gram_solve.py", "--tasks", "3", "--calls", "2", "--json")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -40,6 +40,7 @@ def test_stop_now_leaves_at_that_step_and_writes_no_checkpoint_or_summary(tmp_pa
     assert not (tmp_path / "run" / SUMMARY_FILE).exists()
 
 
+@pytest.mark.slow
 def test_stop_at_resume_point_evaluates_checkpoints_and_the_run_continues(tmp_path) -> None:
     run_dir = tmp_path / "run"
     trainer = tiny_trainer(run_dir)

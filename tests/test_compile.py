@@ -83,6 +83,7 @@ def assert_same_run(
     assert other.num_updates == plain.num_updates
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("balancer", ["mtsac", "famo", "pcgrad"])
 def test_compiled_update_equals_eager(balancer: str) -> None:
     plain, compiled = learner_for(balancer), learner_for(balancer)
@@ -202,6 +203,7 @@ def test_famo_device_check_raises_late_with_the_first_bad_losses(monkeypatch: py
     assert "min_losses" in message and "[2.0, 0.5, 3.0]" in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_bench_compile_runs(tmp_path) -> None:
     result = run_script(
         "bench_compile.py",

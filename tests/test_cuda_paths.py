@@ -49,6 +49,7 @@ def test_a_failed_device_side_loss_check_stops_the_checkpoint_and_the_summary(tm
     trainer.env.close()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_whose_random_stream_was_drawn_on_another_device_type_is_refused_in_one_sentence(
     tmp_path,
 ) -> None:

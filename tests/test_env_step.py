@@ -116,6 +116,7 @@ def test_evaluation_counts_success_at_any_step():
     assert result.mean_success_rate == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_evaluation_on_real_env_matches_a_hand_count():
     """evaluate() against the raw gymnasium outputs of an identically seeded env, counted by hand."""
     spec = EnvSpec(

@@ -72,6 +72,7 @@ def mt50_env():
         env.close()
 
 
+@pytest.mark.slow
 def test_mt10_row_i_is_task_i():
     env = build_env(
         EnvSpec(
@@ -98,6 +99,7 @@ def test_mt10_row_i_is_task_i():
         env.close()
 
 
+@pytest.mark.slow
 def test_mt50_row_i_is_task_i(mt50_env):
     table = list(env_dict.MT50_V3.items())
     assert len(table) == 50

@@ -82,6 +82,7 @@ def sync_reference():
     env.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_workers_step_like_sync_through_episode_ends(sync_reference, workers: int) -> None:
     sync, expected, _ = sync_reference
@@ -106,6 +107,7 @@ def test_workers_step_like_sync_through_episode_ends(sync_reference, workers: in
 FACTORY_KWARGS = dict(use_one_hot=True, max_episode_steps=HORIZON, reward_function_version="v2", task_select="random")
 
 
+@pytest.mark.slow
 def test_rng_checkpoint_round_trip_matches_sync(sync_reference) -> None:
     """load_checkpoint with the per-row list, then a reset: the same obs and steps as sync."""
     sync, _, reset_state = sync_reference
@@ -128,6 +130,7 @@ def test_rng_checkpoint_round_trip_matches_sync(sync_reference) -> None:
         env.close()  # idempotent
 
 
+@pytest.mark.slow
 def test_mt10_workers_match_metaworlds_registered_env() -> None:
     """MT10's sub-envs (goals drawn by one seeded benchmark, every sub-env seeded alike) are those of
     `gymnasium.make_vec("Meta-World/MT10")`, split over 3 workers (groups of 4, 3, 3)."""
@@ -141,6 +144,7 @@ def test_mt10_workers_match_metaworlds_registered_env() -> None:
         workers.close()
 
 
+@pytest.mark.slow
 def test_metaworld_evaluation_runs_on_workers() -> None:
     """eval.protocol=metaworld (get_attr, toggles, final_info's episode returns) gives sync's result."""
     two = spec("sync", tasks=TASKS[:2])
@@ -159,6 +163,7 @@ def test_metaworld_evaluation_runs_on_workers() -> None:
     np.testing.assert_array_equal(results[0].mean_return, results[1].mean_return)
 
 
+@pytest.mark.slow
 def test_worker_failure_is_one_clear_error_and_closes_everything() -> None:
     factories = sub_env_factories(spec("workers", tasks=TASKS[:2]), SEED, FACTORY_KWARGS)
     vector = WorkerVectorEnv(factories, 2)
@@ -191,6 +196,7 @@ UNCLOSED_ENV_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_an_unclosed_worker_env_does_not_hang_the_interpreter_at_exit() -> None:
     """A script that forgets env.close() still exits (it used to wait forever for its workers, which
     ignore the SIGTERM that multiprocessing's exit handler sends), and leaves no worker behind."""

@@ -48,6 +48,7 @@ def test_bad_balancer_is_one_sentence_naming_the_choices(supervised, capsys) -> 
     assert all(name in message for name in NAMES)
 
 
+@pytest.mark.slow
 def test_runs_as_a_script_from_the_command_line() -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLE), "--balancer", "famo", "--steps", "2"],

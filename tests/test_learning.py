@@ -9,11 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from mtrl_famo.config import compose
 from mtrl_famo.envs import build_env, evaluate
 from mtrl_famo.trainer import Trainer
+
+pytestmark = pytest.mark.slow  # 20k steps of SAC: about three minutes of one core
 
 REACH = [
     "env=mt1",
@@ -24,6 +27,9 @@ REACH = [
     "steps=20000",
     "eval.every=20000",
     "eval.episodes=20",
+    # Its one evaluation is at the end: a background worker would only add an interpreter (the same
+    # result on CPU, tests/test_background_eval.py).
+    "eval.background=false",
     "device=cpu",
     "progress=false",
 ]

@@ -178,6 +178,7 @@ def test_collector_checkpoint_carries_the_scale_and_refuses_a_mismatch(two_task_
 # ----- 2. through the real loop: what the replay holds, what is logged ---------------------------
 
 
+@pytest.mark.slow
 def test_replay_holds_scaled_rewards_and_logged_train_returns_stay_raw(paper_run: dict) -> None:
     trainer, calls = paper_run["trainer"], paper_run["calls"]
     assert len(calls) == STEPS and trainer.replay.size == STEPS
@@ -201,6 +202,7 @@ def test_replay_holds_scaled_rewards_and_logged_train_returns_stay_raw(paper_run
 # ----- 3. the preset's episodes, observations and goals -------------------------------------------
 
 
+@pytest.mark.slow
 def test_cagrad_paper_has_150_step_episodes_and_39_dim_observations(paper_run: dict) -> None:
     trainer, calls, eval_obs = paper_run["trainer"], paper_run["calls"], paper_run["eval_obs"]
     env = trainer.config.env
@@ -219,6 +221,7 @@ def test_cagrad_paper_has_150_step_episodes_and_39_dim_observations(paper_run: d
     assert len(eval_obs) == 2 * HORIZON and all(obs.shape == (K, 39) for obs in eval_obs)
 
 
+@pytest.mark.slow
 def test_cagrad_paper_keeps_each_tasks_goal_in_training_and_evaluation(paper_run: dict) -> None:
     first_obs, calls, eval_obs = paper_run["first_obs"], paper_run["calls"], paper_run["eval_obs"]
     goals = paper_run["metaworld_goals"]
@@ -234,6 +237,7 @@ def test_cagrad_paper_keeps_each_tasks_goal_in_training_and_evaluation(paper_run
         np.testing.assert_array_equal(obs[:, GOAL], first_obs[:, GOAL])
 
 
+@pytest.mark.slow
 def test_random_goals_change_across_resets_in_training_and_evaluation(tmp_path: Path) -> None:
     horizon, episodes = 5, 4
     trainer = Trainer(
@@ -269,6 +273,7 @@ def test_random_goals_change_across_resets_in_training_and_evaluation(tmp_path: 
 # ----- 4. the reward version reaches Metaworld -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_reward_version_v1_and_v2_give_different_rewards_for_the_same_actions() -> None:
     actions = np.random.default_rng(1).uniform(-1.0, 1.0, size=(20, K, 4)).astype(np.float32)
     rewards, observations, in_metaworld = {}, {}, {}
@@ -291,6 +296,7 @@ def test_reward_version_v1_and_v2_give_different_rewards_for_the_same_actions() 
 # ----- 5. exact resume with running_std and fixed goals --------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_with_running_std_and_fixed_goals_matches_the_straight_run(paper_run: dict, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     first = Trainer(compose(*PAPER_RUN, f"steps={HORIZON}", f"run_dir={run_dir}"))

@@ -282,6 +282,7 @@ def test_graph_safe_balancers_declare_every_tensor_an_update_changes(name: str, 
             )
 
 
+@pytest.mark.slow
 def test_the_trainer_records_the_update_it_chose(tmp_path, monkeypatch, capsys) -> None:
     """summary.json, TensorBoard (text via the metrics module) and the progress bar say which update
     trained and why; a required layer that fails stops the run before anything is written."""

@@ -21,6 +21,8 @@ import pytest
 
 from conftest import DETERMINISTIC_TAGS, REPO, TINY_RUN, cli_environment, tb_scalars, wait_for
 
+pytestmark = pytest.mark.slow  # a real Slurm cluster and sweeps through it
+
 STEPS = 400
 SWEEP_RUN = [
     *(o for o in TINY_RUN if not o.startswith(("steps=", "eval.every="))),

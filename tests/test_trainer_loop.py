@@ -367,6 +367,7 @@ def seed3_run(tmp_path_factory):
     return _run_recorded(make_trainer(tmp_path_factory.mktemp("seed3"), seed=3, warmup=SEED_WARMUP), SEED_STEPS)
 
 
+@pytest.mark.slow
 def test_same_seed_same_obs_actions_and_losses(seed3_run, tmp_path):
     again = _run_recorded(make_trainer(tmp_path, seed=3, warmup=SEED_WARMUP), SEED_STEPS)
     assert seed3_run["critic"].shape == (SEED_STEPS - SEED_WARMUP, K)
