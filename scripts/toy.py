@@ -47,22 +47,24 @@ In FAMO's setup PCGrad and CAGrad (c=0.4) are also still off the front from (9, 
 (this CAGrad arrives after ~80k steps).
 
 Deliberate differences from the published code:
-- Each balancer is this project's own object through `mtrl_famo.balancers.make`, used in the
-  trainer's sequence (`SACLearner._balanced_step`): gradient methods get the `[2, 2]` per-task
-  gradients and `combine()` is x's gradient; loss weighting backprops `weighted_loss(losses)`;
-  after the Adam step a balancer that asks for it gets `update(losses_before, losses_after)`
-  (the FAMO repo calls `update` with the same new losses at the start of the next iteration).
-- Gradients come from a closed-form Jacobian (`point_losses_and_jacobian`, tested against autograd
-  through `losses`); for loss weighting autograd runs through `weighted_loss` to the loss vector
-  and the Jacobian carries it to x: the same gradient as one backward through both, far cheaper.
+- Each step is the library loop of docs/library.md with this project's own pieces, the sequence of
+  the trainer (`SACLearner._balanced_step`): the balancer from `mtrl_famo.balancers.make`, the
+  public `mtrl_famo.balancers.backward` with x as the shared parameter (gradient methods combine
+  the `[2, 2]` per-task gradients, loss weighting backprops `weighted_loss(losses)`), the learner's
+  optimiser (`mtrl_famo.optim.make_adam`: fused torch Adam), and after the step
+  `update(losses_before, losses_after)` for a balancer that asks for it (the FAMO repo calls
+  `update` with the same new losses at the start of the next iteration). Losses are float32, as in
+  the trainer.
+- The losses are an autograd node (`ToyLosses`) whose backward is the closed-form Jacobian
+  (`point_losses_and_jacobian`, tested against autograd through `losses`): the same gradients as
+  autograd through the formulas, several times cheaper, which makes the papers' 50k-100k steps
+  affordable.
 - The FAMO repo multiplies CAGrad/PCGrad directions by K (sum loss) and clips them to norm 1; this
   project's balancers do neither (Adam is nearly invariant to the rescaling, not to the clipping).
   FAMO's own toy run has no effective clipping (that repo clips before `backward`).
-- All start points of one balancer advance together in one float32 tensor (Adam is element-wise,
-  so this equals separate runs), with one balancer object per start point; with per-start step
-  budgets (`run_starts`) a start leaves the batch once its budget is spent.
-- x's optimiser is `Adam`, torch.optim.Adam's update with the same kernels in the same order but
-  without its per-step bookkeeping (bit-identical, tested): several times cheaper per step.
+- Each start point is its own parameter with its own balancer, all stepped by one optimiser (Adam
+  is element-wise, so this equals separate runs, tested); with per-start step budgets
+  (`run_starts`) a start leaves the batch once its budget is spent.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ import torch
 
 from mtrl_famo import balancers
 from mtrl_famo.atomic import atomic_output
-from mtrl_famo.balancers import GradientManipulation, LossWeighting
+from mtrl_famo.balancers import backward
+from mtrl_famo.optim import make_adam
 
 LOWER = 5e-6  # the published clamp inside the logs
 LOG_LOWER = math.log(LOWER)
@@ -270,45 +273,22 @@ def loss_shift(balancer_name: str, scale: float) -> np.ndarray:
     return np.zeros(2)
 
 
-class Adam:
-    """`torch.optim.Adam(lr=lr)` on one CPU tensor, without the optimiser's per-call bookkeeping.
+class ToyLosses(torch.autograd.Function):
+    """The toy's two losses of one point `x [2]` as an autograd node whose backward is the closed-form
+    Jacobian (`point_losses_and_jacobian`): `balancers.backward` then differentiates through it as
+    through any model, at the cost of a 2 x 2 product instead of autograd through ~30 scalar ops."""
 
-    The same in-place kernels in the same order as torch's default single-tensor path
-    (`torch.optim.adam._single_tensor_adam`: betas (0.9, 0.999), eps 1e-8, no weight decay), so the
-    parameters are bit-identical (tests/test_toy.py checks it); `torch.optim.Adam.step` spends ~5x
-    longer on hooks and state look-ups than on these few 2-element kernels.
-    """
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        x1, x2 = x.tolist()
+        values = point_losses_and_jacobian(x1, x2, scale)
+        ctx.save_for_backward(torch.tensor(values[2:], dtype=x.dtype).view(2, 2))
+        return torch.tensor(values[:2], dtype=x.dtype)
 
-    def __init__(
-        self, param: torch.Tensor, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
-    ):
-        self.param = param
-        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
-        self.exp_avg = torch.zeros_like(param, memory_format=torch.preserve_format)
-        self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.preserve_format)
-        self.steps = 0
-
-    @torch.no_grad()
-    def step(self, grad: torch.Tensor) -> None:
-        self.steps += 1
-        step = float(self.steps)  # torch keeps a float32 step tensor and reads it back with item()
-        self.exp_avg.lerp_(grad, 1 - self.beta1)
-        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-        bias_correction1 = 1 - self.beta1**step
-        bias_correction2 = 1 - self.beta2**step
-        step_size = self.lr / bias_correction1
-        bias_correction2_sqrt = bias_correction2**0.5
-        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-        self.param.addcdiv_(self.exp_avg, denom, value=-step_size)
-
-    def keep(self, rows: torch.Tensor) -> torch.Tensor:
-        """Continue with these rows of the parameter only (element-wise: they move exactly as before).
-
-        Returns the new, smaller parameter tensor.
-        """
-        state = (self.param, self.exp_avg, self.exp_avg_sq)
-        self.param, self.exp_avg, self.exp_avg_sq = (t[rows].contiguous() for t in state)
-        return self.param
+    @staticmethod
+    def backward(ctx, grad_losses: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (jacobian,) = ctx.saved_tensors
+        return grad_losses @ jacobian, None
 
 
 def run_starts(
@@ -321,14 +301,14 @@ def run_starts(
 ) -> list[np.ndarray]:
     """Trajectories `[steps_s + 1, 2]` from S start points, one balancer object per start.
 
-    `steps` is one budget for all starts or one per start. The starts advance together in one
-    float32 tensor (Adam is element-wise, so this equals separate runs); a start whose budget is
-    spent leaves the batch, so its balancer is no longer called.
+    `steps` is one budget for all starts or one per start. Each start is its own float32 parameter
+    `[2]` with its own balancer, all stepped by one optimiser (Adam is element-wise, so this equals
+    separate runs); a start whose budget is spent leaves the batch (no `.grad`, so Adam skips it).
 
-    The sequence is the trainer's (`SACLearner._balanced_step`): losses, balanced gradient, Adam
-    step, then `update(losses_before, losses_after)` for a balancer that asks for it. For loss
-    weighting, autograd runs through `weighted_loss` down to the loss vector and the closed-form
-    Jacobian carries it to x (the chain rule, so the same gradient as one backward through both).
+    Each step is the library loop of docs/library.md, as `SACLearner._balanced_step` runs it: the
+    public `balancers.backward` (x is the shared parameter), the learner's optimiser
+    (`mtrl_famo.optim.make_adam`), then `update(losses_before, losses_after)` for a balancer that
+    asks for it, on the losses at the new x.
     """
     start_array = np.asarray(starts, dtype=np.float64)
     if start_array.ndim != 2 or start_array.shape[1] != 2:
@@ -340,40 +320,29 @@ def run_starts(
     objects = [balancers.make(balancer_name, 2, **(options or {})) for _ in range(count)]
     if not count:
         return []
-    gradient_method = isinstance(objects[0], GradientManipulation)
-    if not gradient_method and not isinstance(objects[0], LossWeighting):
-        raise TypeError(f"{type(objects[0]).__name__} is neither LossWeighting nor GradientManipulation.")
-    needs_after = objects[0].needs_losses_after_step
-    shift = loss_shift(balancer_name, scale)
-    optimizer = Adam(torch.as_tensor(start_array, dtype=DTYPE).clone(), lr=lr)
-    x_view = optimizer.param.numpy()  # shares memory: Adam updates x in place
-    trajectory = np.full((max(budgets) + 1, count, 2), np.nan, dtype=x_view.dtype)
-    trajectory[0] = x_view
-    batch = list(range(count))  # the start of each row of x
-    rows: slice | list[int] = slice(None)  # the same as an index into `trajectory`'s start axis
-    values, jacobian = losses_and_jacobian(x_view, scale)
+    shift = torch.as_tensor(loss_shift(balancer_name, scale), dtype=DTYPE)
+    shifted = bool(shift.any())
+    points = [torch.tensor(start, dtype=DTYPE, requires_grad=True) for start in start_array.tolist()]
+    optimizer = make_adam(points, lr)
+
+    def task_losses(x: torch.Tensor) -> torch.Tensor:
+        values = ToyLosses.apply(x, scale)
+        return values - shift if shifted else values
+
+    trajectory = np.full((max(budgets) + 1, count, 2), np.nan, dtype=np.float32)
+    trajectory[0] = start_array
+    active = list(range(count))
     for step in range(max(budgets)):
-        keep = [i for i, s in enumerate(batch) if budgets[s] > step]
-        if len(keep) < len(batch):  # spent budgets leave the batch; the other rows move exactly as before
-            batch, objects = [batch[i] for i in keep], [objects[i] for i in keep]
-            rows = batch
-            x_view = optimizer.keep(torch.tensor(keep)).numpy()
-            values, jacobian = values[keep], jacobian[keep]
-        if gradient_method:
-            grad = torch.stack([b.combine(g) for b, g in zip(objects, torch.from_numpy(jacobian))])
-        else:
-            leaf = torch.from_numpy(values - shift).requires_grad_(True)  # each balancer gets its row
-            objective = sum(b.weighted_loss(row) for b, row in zip(objects, leaf.unbind()))
-            (loss_grads,) = torch.autograd.grad(objective, leaf)
-            grad = torch.from_numpy(np.einsum("sk,skd->sd", loss_grads.numpy(), jacobian))
-        optimizer.step(grad.to(DTYPE))  # a method computing in float64 (e.g. DWA's weights) steps x in float32
-        # The losses after the step are also the next step's losses (deterministic problem).
-        after, jacobian = losses_and_jacobian(x_view, scale)
-        if needs_after:
-            for b, row_before, row_after in zip(objects, values, after):
-                b.update(torch.from_numpy(row_before - shift), torch.from_numpy(row_after - shift))
-        values = after
-        trajectory[step + 1, rows] = x_view
+        for s in [s for s in active if budgets[s] == step]:  # spent: no .grad, so the optimiser skips it
+            points[s].grad = None
+        active = [s for s in active if budgets[s] > step]
+        befores = [backward(task_losses(points[s]), [points[s]], objects[s], jacobian="loop") for s in active]
+        optimizer.step()
+        with torch.no_grad():
+            for s, before in zip(active, befores):
+                if objects[s].needs_losses_after_step:
+                    objects[s].update(before.losses, task_losses(points[s]))
+                trajectory[step + 1, s] = points[s].detach().numpy()
     return [trajectory[: budget + 1, s] for s, budget in enumerate(budgets)]
 
 
