@@ -42,6 +42,9 @@ PAPER_RUN = [
     "agent.replay_size=1000",
     f"eval.every={HORIZON}",
     "eval.episodes=1",
+    # Blocking: the evaluation policy is spied on in this process, and a background worker is one more
+    # interpreter per run (2-3 s of CPU); tests/test_background_eval.py resumes with one.
+    "eval.background=false",
     f"log.every={HORIZON}",
     "device=cpu",
     "progress=false",
@@ -107,8 +110,7 @@ def metaworld_goals(trainer: Trainer) -> np.ndarray:
 def paper_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A straight run of the preset to STEPS, recorded (it is also the resume test's reference)."""
     run_dir = tmp_path_factory.mktemp("paper") / "run"
-    # eval.background=false: the evaluation policy is spied on in this process
-    trainer = Trainer(compose(*PAPER_RUN, f"steps={STEPS}", f"run_dir={run_dir}", "eval.background=false"))
+    trainer = Trainer(compose(*PAPER_RUN, f"steps={STEPS}", f"run_dir={run_dir}"))
     spy = StepSpy(trainer)
     eval_obs = record_eval_obs(trainer)
     record = {"trainer": trainer, "run_dir": run_dir, "first_obs": trainer.collector.obs.copy()}
@@ -247,7 +249,6 @@ def test_random_goals_change_across_resets_in_training_and_evaluation(tmp_path: 
             f"env.max_episode_steps={horizon}",
             f"eval.episodes={episodes}",
             "agent.warmup_steps=100",  # no updates: only the env is under test
-            "eval.background=false",  # the evaluation policy is spied on in this process
             f"run_dir={tmp_path / 'run'}",
         )
     )
