@@ -42,13 +42,11 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 def config_value(config, dotted: str):
-    """The TrainConfig value of a dotted config key."""
-    section, _, key = dotted.partition(".")
-    if not key:
-        return getattr(config, section)
-    if section in ("env", "agent"):
-        return getattr(getattr(config, section), key)
-    return getattr(config, {"eval": "eval_", "log": "log_", "checkpoint": "checkpoint_"}.get(section, "") + key)
+    """The TrainConfig value of a dotted config key (the schema's sections mirror the tree)."""
+    value = config
+    for key in dotted.split("."):
+        value = getattr(value, key)
+    return value
 
 
 def test_the_presets_are_the_documented_ones() -> None:
