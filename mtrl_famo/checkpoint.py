@@ -4,7 +4,7 @@ What goes into a checkpoint is the components' business (`Trainer.state_dict` ga
 knows how to put a state on disk so that a crash, a kill -9 or a full disk at any moment leaves
 at least one complete, loadable checkpoint behind.
 
-Layout (format 3): the replay buffer (gigabytes for a 1e6 buffer) is a file of its own,
+Layout (format 4): the replay buffer (gigabytes for a 1e6 buffer) is a file of its own,
 `replay-<token>.pt`, named inside the checkpoint file that holds everything else (`checkpoint.pt`, and
 `checkpoint.prev.pt` for the one before). Evaluation reads the checkpoint file alone
 (`load_latest(..., replay=False)`, memory-mapped: only the tensors it touches are read), so a run can be
@@ -27,7 +27,12 @@ LATEST = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 REPLAY_PREFIX = "replay-"  # replay-<token>.pt, one per checkpoint that holds a replay
 REPLAY_KEY = "replay"  # the entry of a state that goes into the replay file
-FORMAT_VERSION = 3  # 2: the components' state_dicts in one file; 3: the replay in a file of its own
+FORMAT_VERSION = 4  # 2: one file; 3: the replay in a file of its own; 4: the config copy nested like the YAML
+# Formats this version refuses, with what changed since (nothing has been released: no migration is kept).
+OLDER_FORMATS = {
+    2: "format 2, its replay inside",
+    3: "format 3, its config copy flat",
+}
 
 
 class CheckpointError(RuntimeError):
@@ -76,10 +81,11 @@ def _remove_unnamed_replays(run_dir: Path, keep: str | None) -> None:
 def _read(path: Path, map_location: torch.device | str, *, mmap: bool = False) -> dict[str, Any]:
     """The checkpoint file's state (without the replay); CheckpointError if it is not of this format."""
     state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
-    if isinstance(state, dict) and state.get("format_version") == 2:
+    if isinstance(state, dict) and state.get("format_version") in OLDER_FORMATS:
         raise OlderLayoutError(
-            f"{path} is a checkpoint of an older layout (format 2, its replay inside) that this version does not "
-            f"read; delete {LATEST}, {PREVIOUS} and replay-*.pt in {path.parent} to start the run afresh."
+            f"{path} is a checkpoint of an older layout ({OLDER_FORMATS[state['format_version']]}) that this "
+            f"version does not read; delete {LATEST}, {PREVIOUS} and replay-*.pt in {path.parent} to start the "
+            "run afresh."
         )
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a mtrl_famo checkpoint of format version {FORMAT_VERSION}.")

@@ -42,33 +42,12 @@ from mtrl_famo.wandb_logger import WandbRun
 # Options that may change between a checkpoint and its resumption without changing the run: the
 # schema's `resumable` role (mtrl_famo.config), dotted keys (`agent.compile`) or whole groups (`video`).
 RESUMABLE_CHANGES = keys_with_role("resumable")
-# Where the checkpoints of this format written before the config was nested kept their flat keys.
-_FLAT_KEYS = {
-    "eval_every": ("eval", "every"),
-    "eval_episodes": ("eval", "episodes"),
-    "eval_protocol": ("eval", "protocol"),
-    "eval_background": ("eval", "background"),
-    "eval_video": ("eval", "video"),
-    "log_every": ("log", "every"),
-    "conflicts_every": ("log", "conflicts_every"),
-    "checkpoint_every": ("checkpoint", "every"),
-    "overlap": ("loop", "overlap"),
-}
-
-
-def _nested(values: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's config copy in the config tree's shape (one written with flat keys is moved there)."""
-    values = {key: dict(value) if isinstance(value, dict) else value for key, value in values.items()}
-    for flat, (group, key) in _FLAT_KEYS.items():
-        if flat in values:
-            values.setdefault(group, {})[key] = values.pop(flat)
-    return values
 
 
 def comparable_config(values: dict[str, Any]) -> dict[str, Any]:
     """A run's config (`dataclasses.asdict` of its TrainConfig, or a checkpoint's copy of it) without
     RESUMABLE_CHANGES. (A checkpoint of an older layout never gets here: mtrl_famo.checkpoint refuses it.)"""
-    values = _nested(values)
+    values = {key: dict(value) if isinstance(value, dict) else value for key, value in values.items()}
     for dotted in RESUMABLE_CHANGES:
         *groups, key = dotted.split(".")
         node = values

@@ -406,9 +406,10 @@ def test_checkpoint_replay_is_a_file_of_its_own(tmp_path) -> None:
     assert checkpoint.load_latest(tmp_path, replay=False)["env_step"] == 3
 
 
-def test_checkpoint_of_the_older_layout_is_refused_in_one_sentence(tiny_run, tmp_path, capsys) -> None:
-    """Format 2 held the replay inside checkpoint.pt; nothing was released with it, so it is refused
-    (no conversion), for resuming and for evaluation alike."""
+@pytest.mark.parametrize("older_format", [2, 3])
+def test_checkpoint_of_an_older_layout_is_refused_in_one_sentence(tiny_run, tmp_path, capsys, older_format) -> None:
+    """Format 2 held the replay inside checkpoint.pt, format 3 a flat config copy; nothing was released with
+    them, so they are refused (no conversion), for resuming and for evaluation alike."""
     import shutil
 
     from mtrl_famo import checkpoint
@@ -416,7 +417,7 @@ def test_checkpoint_of_the_older_layout_is_refused_in_one_sentence(tiny_run, tmp
     run_dir = tmp_path / "old"
     shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("evaluations"))
     state = torch.load(run_dir / checkpoint.LATEST, weights_only=False)
-    torch.save({**state, "format_version": 2, "replay": {}}, run_dir / checkpoint.LATEST)
+    torch.save({**state, "format_version": older_format, "replay": {}}, run_dir / checkpoint.LATEST)
     with pytest.raises(checkpoint.OlderLayoutError, match="older layout"):
         checkpoint.load_latest(run_dir)
     assert cli([str(run_dir)]) == 2
