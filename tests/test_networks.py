@@ -112,6 +112,21 @@ def test_moore_expert_outputs_are_orthonormal_per_sample() -> None:
     )
 
 
+def test_moore_gram_schmidt_is_the_classical_process() -> None:
+    """The fused form equals the textbook loop (project each vector on the stacked basis so far, all
+    projections summed, divide by norm + eps) up to float64 rounding, eps included."""
+    torch.manual_seed(3)
+    vectors = torch.randn(4, 6, 9, dtype=torch.float64) + 1.5  # correlated: the projections matter
+    vectors[3, 0] = 1e-9 * vectors[3, 0]  # a near-zero vector: eps decides its scale
+    basis: list[torch.Tensor] = []
+    for vector in vectors:
+        if basis:
+            previous = torch.stack(basis)
+            vector = vector - ((previous * vector).sum(-1, keepdim=True) * previous).sum(0)
+        basis.append(vector / (vector.norm(dim=-1, keepdim=True) + 1e-8))
+    torch.testing.assert_close(gram_schmidt(vectors), torch.stack(basis), rtol=1e-12, atol=1e-12)
+
+
 def test_moore_mixes_the_basis_with_each_tasks_weights() -> None:
     torch.manual_seed(2)
     net = MOORENetwork(5, 3, 16, 2, K, shared_head=False, init="pytorch", num_experts=4).double()
