@@ -31,8 +31,9 @@ class MultiTaskSAC(nn.Module):
     """Actor, twin critics, target critics and the learned temperature(s).
 
     Every hyperparameter is a required keyword: their defaults live in configs/agent/sac.yaml
-    (build with `mtrl_famo.build.build_agent` to get them). The network options default to today's
-    agent (until the config wires them): `network` names one of agents/registry.py's NETWORKS (the
+    (build with `mtrl_famo.build.build_agent` to get them, which passes every one). The network
+    options still default to today's agent, for the library callers written before they existed
+    (tests' tiny agents, scripts): `network` names one of agents/registry.py's NETWORKS (the
     actor and both critics use it; `network_options` are its own options, published values in
     configs/agent/network/<name>.yaml); `critic_hidden_dim` is the critics' width (None: `hidden_dim`);
     `critic_layernorm` puts a LayerNorm after each hidden linear of the critics, before its ReLU.
@@ -88,6 +89,7 @@ class MultiTaskSAC(nn.Module):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.shared_alpha = alpha == "shared"
         start = math.log(init_temperature)
+        self.init_log_alpha = start  # what a temperature reset (mtrl_famo.learner.SACLearner.reset) refills
         if self.shared_alpha:
             # Shape [1]: broadcasts against [K, B] and, per task under vmap, against [B].
             self.shared_log_alpha = nn.Parameter(torch.full((1,), start))

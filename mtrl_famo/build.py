@@ -24,6 +24,15 @@ from mtrl_famo.self_check import UpdateChoice, choose_update
 def build_agent(
     agent: AgentConfig, obs_dim: int, action_dim: int, num_tasks: int, device: torch.device
 ) -> MultiTaskSAC:
+    """The agent of `agent` (every key passed, the network's options included) on `device`; on
+    `torch.device("meta")` it is built without memory or initialisation (the memory check counts it)."""
+    if device.type == "meta":
+        with torch.device("meta"):
+            return _agent(agent, obs_dim, action_dim, num_tasks)
+    return _agent(agent, obs_dim, action_dim, num_tasks).to(device)
+
+
+def _agent(agent: AgentConfig, obs_dim: int, action_dim: int, num_tasks: int) -> MultiTaskSAC:
     return MultiTaskSAC(
         obs_dim,
         action_dim,
@@ -37,7 +46,11 @@ def build_agent(
         init_temperature=agent.init_temperature,
         log_std_min=agent.log_std_min,
         log_std_max=agent.log_std_max,
-    ).to(device)
+        network=agent.network["name"],
+        network_options={key: value for key, value in agent.network.items() if key != "name"},
+        critic_hidden_dim=agent.critic_hidden_dim,
+        critic_layernorm=agent.critic_layernorm,
+    )
 
 
 def options_for_loss(options: dict[str, Any], loss: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ balancers' own option checks) are mtrl_famo.preflight's.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -74,6 +75,15 @@ BalancedLoss = Literal["critic", "actor"]
 # mtrl_famo.balancers holds exactly these names; tests/test_config_schema.py checks it).
 BALANCER_NAMES: tuple[str, ...] = tuple(sorted(path.stem for path in (CONFIG_DIR / "balancer").glob("*.yaml")))
 BalancerName = Literal[BALANCER_NAMES]  # type: ignore[valid-type]
+# The networks of the actor and the critics: one per file configs/agent/network/<name>.yaml, the home of its
+# options' defaults (mtrl_famo.agents.registry.NETWORKS holds exactly these names; tests/test_config_schema.py
+# checks it). Chosen by the `agent/network` config group; the options are the file's other keys.
+NETWORK_DIR = CONFIG_DIR / "agent" / "network"
+NETWORK_NAMES: tuple[str, ...] = tuple(sorted(path.stem for path in NETWORK_DIR.glob("*.yaml")))
+NetworkName = Literal[NETWORK_NAMES]  # type: ignore[valid-type]
+# What a periodic reset (agent.reset_every) may re-initialise: the actor, the twin critics (their targets
+# become copies), the learned temperature(s) (back to agent.init_temperature); each with its Adam state.
+ResetPart = Literal["actor", "critic", "temperature"]
 
 METAWORLD_BENCHMARKS: tuple[str, ...] = typing.get_args(MetaworldBenchmark)
 BENCHMARKS: tuple[str, ...] = typing.get_args(EnvName)
@@ -85,6 +95,7 @@ HEADS: tuple[str, ...] = typing.get_args(Heads)
 ALPHAS: tuple[str, ...] = typing.get_args(Alphas)
 INITS: tuple[str, ...] = typing.get_args(Inits)
 EVAL_PROTOCOLS: tuple[str, ...] = typing.get_args(EvalProtocolName)
+RESET_PARTS: tuple[str, ...] = typing.get_args(ResetPart)
 BALANCED_LOSSES: tuple[str, ...] = typing.get_args(BalancedLoss)
 # The balanced losses that can be negative: the actor loss E[alpha log pi(a|s) - min Q(s, a)] is
 # below zero whenever Q exceeds alpha log pi, which in SAC it normally does. (The critic loss is a
@@ -200,6 +211,8 @@ class AgentConfig:
     init: Inits
     hidden_dim: int = field(metadata=roles("shape"))
     num_layers: int = field(metadata=roles("shape"))
+    critic_hidden_dim: int | None = field(metadata=roles("shape"))  # None: hidden_dim
+    critic_layernorm: bool = field(metadata=roles("shape", "protocol"))
     batch_size_per_task: int
     warmup_steps: int
     replay_size: int
@@ -209,12 +222,18 @@ class AgentConfig:
     tau: float
     actor_update_every: int
     target_update_every: int
+    # Periodic resets: every reset_every environment steps per task (0 = never), the parts in `reset`.
+    reset_every: int = field(metadata=roles("protocol"))
+    reset: tuple[ResetPart, ...] = field(metadata=roles("protocol"))
     init_temperature: float
     log_std_min: float
     log_std_max: float
     # Speed layers that change no result (mtrl_famo.compiled_update resolves auto).
     compile: bool | Literal["auto"] = field(metadata=roles("resumable"))
     cuda_graph: bool | Literal["auto"] = field(metadata=roles("resumable"))
+    # The `agent/network` group (configs/agent/network/<name>.yaml): `name` and the network's own options,
+    # as in its file (`agent.network.num_experts`); checked by `check_network`.
+    network: dict[str, Any] = field(metadata=roles("shape", "protocol"))
 
 
 @dataclass(frozen=True)
@@ -381,6 +400,48 @@ def check_values(cls: type, values: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{label}={value!r} is invalid; it must be {describe(hint)}.")
 
 
+@dataclass(frozen=True)
+class _NetworkChoice:
+    """The network's name alone, for `check_values`' generic choice check."""
+
+    name: NetworkName
+
+
+def network_option_defaults(name: str) -> dict[str, Any]:
+    """The options of network `name` with the values its file configs/agent/network/<name>.yaml gives them."""
+    import yaml
+
+    values = yaml.safe_load((NETWORK_DIR / f"{name}.yaml").read_text()) or {}
+    values.pop("name", None)
+    return values
+
+
+def check_network(network: Mapping[str, Any], where: str = "agent.network") -> None:
+    """One sentence for a network section that does not fit: an unknown name, an option its file does not
+    have or lacks, a value of another type than the file's (a count below 1)."""
+    if "name" not in network:
+        raise ConfigError(f"{where}.name is missing; choose one with agent/network=<{'|'.join(NETWORK_NAMES)}>.")
+    check_values(_NetworkChoice, {"name": network["name"]}, where)
+    name, defaults = network["name"], network_option_defaults(network["name"])
+    options = {key: value for key, value in network.items() if key != "name"}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        valid = ", ".join(defaults) or "none"
+        raise ConfigError(f"Unknown config key {where}.{unknown[0]}; network '{name}' has the options: {valid}.")
+    missing = sorted(set(defaults) - set(options))
+    if missing:
+        raise MissingKeyError(
+            f"Config key {where}.{missing[0]} is missing; restore it in configs/agent/network/{name}.yaml.",
+            f"{where}.{missing[0]}",
+        )
+    for key, default in defaults.items():
+        value, hint = options[key], type(default)
+        if not matches(value, hint):
+            raise ConfigError(f"{where}.{key}={value!r} is invalid; it must be {describe(hint)}.")
+        if hint is int and value < 1:
+            raise ConfigError(f"{where}.{key}={value} is invalid; it must be a positive integer.")
+
+
 def _positive(name: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{name}={value} is invalid; it must be a positive integer.")
@@ -456,6 +517,20 @@ def validate(config: TrainConfig) -> None:
         "target_update_every",
     ):
         _positive(f"agent.{name}", getattr(agent, name))
+    if agent.critic_hidden_dim is not None:
+        _positive("agent.critic_hidden_dim", agent.critic_hidden_dim)
+    check_network(agent.network)
+    if agent.reset_every < 0:
+        raise ConfigError(
+            f"agent.reset_every={agent.reset_every} is invalid; it must be a non-negative integer (0 = no resets)."
+        )
+    if agent.reset_every and not agent.reset:
+        raise ConfigError(
+            f"agent.reset=[] with agent.reset_every={agent.reset_every} would reset nothing; name parts to reset "
+            f"({', '.join(RESET_PARTS)}) or set agent.reset_every=0."
+        )
+    if len(set(agent.reset)) != len(agent.reset):
+        raise ConfigError(f"agent.reset lists a part twice: {list(agent.reset)}; each part must appear once.")
     if agent.warmup_steps < 0:
         raise ConfigError(f"agent.warmup_steps={agent.warmup_steps} is invalid; it must be a non-negative integer.")
     num_tasks = len(config.env.task_names())
@@ -525,7 +600,12 @@ def compose(*overrides: str, preflight: bool = True) -> TrainConfig:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as error:
         first_line = str(error).strip().splitlines()[0]
-        if first_line.startswith("Could not override"):
+        missing = re.search(r"Could not find '([\w/]+)/([^/']+)'", first_line)
+        if missing and (CONFIG_DIR / missing[1]).is_dir():  # e.g. agent/network=nope
+            group, choice = missing[1], missing[2]
+            choices = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+            first_line = f"Unknown {group} '{choice}'; choose one of {', '.join(choices)}."
+        elif first_line.startswith("Could not override"):
             first_line = (
                 first_line.rstrip(".") + ": no such config key; `python -m mtrl_famo.train --cfg job` lists them all."
             )

@@ -114,7 +114,8 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 f"{key} is a group of keys ({', '.join(map(str, node[leaf]))}), not a value; override one of them "
                 f"as {key}.<key>=<value>."
             )
-        if key in SHAPE_KEYS and value != node.get(leaf):
+        # A key of a shape section counts too (agent.network.num_experts: agent.network is a shape key).
+        if any(key == shape or key.startswith(f"{shape}.") for shape in SHAPE_KEYS) and value != node.get(leaf):
             raise ConfigError(
                 f"{key}={text} would not fit the agent in the checkpoint, which was trained with {key}={node[leaf]}; "
                 "drop that override."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -11,8 +12,8 @@ from mtrl_famo.agents.networks import is_task_specific
 from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, alpha_loss, critic_loss
 from mtrl_famo.balanced_backward import ConflictStats, conflict_stats_from_gram
 from mtrl_famo.balancers import BackwardResult, Balancer, backward_grouped
-from mtrl_famo.config import BALANCED_LOSSES  # the losses a balancer may take (their one home: the config)
-from mtrl_famo.optim import load_adam_state, make_adam
+from mtrl_famo.config import BALANCED_LOSSES, RESET_PARTS  # the losses a balancer may take (their one home: the config)
+from mtrl_famo.optim import load_adam_state, make_adam, reset_adam_state_
 from mtrl_famo.replay import Batch
 
 
@@ -170,6 +171,29 @@ class SACLearner:
             agent.update_target(self.tau)
         self.num_updates += 1
         return UpdateResult(critic.losses, actor_losses, alpha_losses, conflicts)
+
+    @torch.no_grad()
+    def reset(self, parts: Sequence[str]) -> None:
+        """Re-initialise `parts` ("actor", "critic", "temperature") and forget their Adam state, in place.
+
+        The networks are drawn again from their construction law with the learner's generator
+        (`MultiTaskSAC.reset_parameters`: actor, then the critics, whose targets become copies);
+        the temperature goes back to `init_temperature`. Each part's optimiser state is zeroed
+        (`reset_adam_state_`: the next step is a fresh Adam's first). Everything happens in place,
+        so the tensors that a compiled update or a captured CUDA graph reads stay the ones it
+        reads: the next replay sees the reset values. The balancers' state is left alone (it is
+        about tasks, not parameters), as are `num_updates` and the update cadence.
+        """
+        unknown = [part for part in parts if part not in RESET_PARTS]
+        if unknown:
+            raise ValueError(f"Unknown part(s) {', '.join(unknown)} to reset; choose from {', '.join(RESET_PARTS)}.")
+        networks = [part for part in parts if part != "temperature"]
+        if networks:
+            self.agent.reset_parameters(networks, self.generator)
+        if "temperature" in parts:
+            self.agent.temperature.fill_(self.agent.init_log_alpha)
+        for part in parts:
+            reset_adam_state_(self.optimizers["alpha" if part == "temperature" else part])
 
     def state_dict(self) -> dict[str, Any]:
         return {

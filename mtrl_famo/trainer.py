@@ -135,8 +135,12 @@ class Trainer:
         self.collector.finish_step()
 
     def _update(self, step: int, *, replay_ready: bool = True) -> None:
-        """The `updates_per_step` updates of vector step `step`, none in the warm-up."""
-        if step <= self.config.agent.warmup_steps or not replay_ready:
+        """The `updates_per_step` updates of vector step `step`, none in the warm-up; a reset first when due."""
+        if step <= self.config.agent.warmup_steps:
+            return
+        if self.reset_due(step):
+            self.learner.reset(self.config.agent.reset)
+        if not replay_ready:
             return
         results = []
         with self.update_timer.measure():
@@ -145,6 +149,14 @@ class Trainer:
                 batch = self.replay.sample(self.config.agent.batch_size_per_task)
                 results.append(self.update_choice.update(batch, want_conflicts))
         self.metrics.add_updates(results)
+
+    def reset_due(self, step: int) -> bool:
+        """Whether vector step `step` (counted from 1) resets `agent.reset` before its updates: at every
+        multiple of `agent.reset_every` after the warm-up (a step of the warm-up has no updates, so
+        nothing to reset). By step number alone, so a resumed run resets where the straight one does;
+        the reset draws from the run's generator, which the checkpoint restores."""
+        every = self.config.agent.reset_every
+        return every > 0 and step % every == 0 and step > self.config.agent.warmup_steps
 
     # ----- logging and evaluation ---------------------------------------------------------
     def log_train(self, writer: MetricsWriter) -> None:
