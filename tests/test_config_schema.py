@@ -42,6 +42,9 @@ SHAPE = {
     "agent.alpha",
     "agent.hidden_dim",
     "agent.num_layers",
+    "agent.critic_hidden_dim",
+    "agent.critic_layernorm",
+    "agent.network",
 }
 PROTOCOL = {
     "eval.protocol",
@@ -53,6 +56,10 @@ PROTOCOL = {
     "env.reward_normalization",
     "agent.heads",
     "agent.alpha",
+    "agent.critic_layernorm",
+    "agent.reset_every",
+    "agent.reset",
+    "agent.network",
 }
 
 
@@ -88,6 +95,13 @@ def test_the_torch_free_choices_are_those_of_the_implementations() -> None:
     from mtrl_famo.envs.evaluation import PROTOCOLS
 
     assert schema.BALANCER_NAMES == balancers.NAMES  # configs/balancer/*.yaml and the registry
+    from mtrl_famo.agents.registry import NETWORKS, network_options
+    from mtrl_famo.agents.sac import RESETTABLE_PARTS
+
+    assert tuple(sorted(NETWORKS)) == schema.NETWORK_NAMES  # configs/agent/network/*.yaml and the registry
+    for name in NETWORKS:  # a network's file has exactly its constructor's options
+        assert set(schema.network_option_defaults(name)) == set(network_options(name)), name
+    assert set(schema.RESET_PARTS) == {*RESETTABLE_PARTS, "temperature"}  # the learner resets the temperature
     assert tuple(PROTOCOLS) == schema.EVAL_PROTOCOLS
     assert tuple(VECTORIZERS) == schema.VECTOR_STRATEGIES
 

@@ -150,13 +150,14 @@ def test_published_per_benchmark_values_come_from_hydra(overrides, expected_c) -
 def test_every_per_benchmark_file_names_a_real_env_and_group_choice() -> None:
     """A misspelt per-benchmark file would silently never apply (its defaults entry is optional)."""
     envs = {path.stem for path in (CONFIG_DIR / "env").glob("*.yaml")}
-    for group in ("balancer", "experiment"):
-        choices = {path.stem for path in (CONFIG_DIR / group).glob("*.yaml")}
+    for group in ("balancer", "experiment", "network"):
+        folder = CONFIG_DIR / ("agent/network" if group == "network" else group)
+        choices = {path.stem for path in folder.glob("*.yaml")}
         files = sorted((CONFIG_DIR / "per_benchmark" / group).glob("*.yaml"))
         assert files, group
         for path in files:
             pairs = [(a, b) for a in envs | choices for b in envs | choices if path.stem == f"{a}_{b}"]
-            first, second = ("env", group) if group == "balancer" else (group, "env")
+            first, second = (group, "env") if group == "experiment" else ("env", group)
             assert any(
                 (a in envs if first == "env" else a in choices) and (b in envs if second == "env" else b in choices)
                 for a, b in pairs
@@ -167,7 +168,9 @@ def test_every_per_benchmark_file_names_a_real_env_and_group_choice() -> None:
 
 
 def test_agent_yaml_keys_are_exactly_the_agent_config_fields() -> None:
-    assert list(yaml(CONFIG_DIR / "agent" / "sac.yaml")) == [f.name for f in dataclasses.fields(AgentConfig)]
+    """sac.yaml's keys, then `network` (the agent/network group, merged into agent.network after sac.yaml)."""
+    fields = [f.name for f in dataclasses.fields(AgentConfig)]
+    assert [*yaml(CONFIG_DIR / "agent" / "sac.yaml"), "network"] == fields
 
 
 @pytest.mark.parametrize("cls", [AgentConfig, BalancerConfig, TrainConfig])
@@ -188,7 +191,10 @@ def test_network_constructors_have_no_defaults(function) -> None:
 
 def test_compose_gives_the_yaml_agent_and_run_values() -> None:
     config = compose()
-    assert dataclasses.asdict(config.agent) == yaml(CONFIG_DIR / "agent" / "sac.yaml")
+    network = yaml(CONFIG_DIR / "agent" / "network" / "multihead.yaml")
+    written = {**yaml(CONFIG_DIR / "agent" / "sac.yaml"), "network": network}
+    written["reset"] = tuple(written["reset"])  # lists are read as tuples (frozen sections)
+    assert dataclasses.asdict(config.agent) == written
     top = yaml(CONFIG_DIR / "config.yaml")
     values = dataclasses.asdict(config)  # the shape of the config tree: eval.every is values["eval"]["every"]
     groups = ("env", "agent", "balancer", "video", "wandb")  # from their own files under configs/
@@ -215,6 +221,55 @@ def test_build_agent_uses_every_agent_value() -> None:
     assert (agent.actor.log_std_min, agent.actor.log_std_max) == (-7, 1.5)
     linear = [m for m in agent.critic.q1.trunk if isinstance(m, torch.nn.Linear)]
     assert [m.out_features for m in linear] == [24, 24]
+
+
+def test_build_agent_passes_the_network_and_the_critic_options() -> None:
+    from mtrl_famo.agents.registry import NETWORKS
+
+    config = compose(
+        "agent/network=moore",
+        "agent.network.num_experts=3",
+        "agent.hidden_dim=24",
+        "agent.num_layers=2",
+        "agent.critic_hidden_dim=20",
+        "agent.critic_layernorm=true",
+    )
+    agent = build_agent(config.agent, 49, 4, 10, torch.device("cpu"))
+    assert type(agent.actor.net) is NETWORKS["moore"] and type(agent.critic.q1) is NETWORKS["moore"]
+    assert agent.actor.net.task_weight.shape == (10, 1, 3)  # 3 experts
+    norms = [m for m in agent.critic.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.normalized_shape == (20,) for m in norms)  # the critics' width and LayerNorm
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in agent.actor.modules())
+    assert agent.actor.net.head_weight.shape[1] == 24  # the actor keeps agent.hidden_dim
+    meta = build_agent(config.agent, 49, 4, 10, torch.device("meta"))
+    assert [(n, p.shape) for n, p in meta.named_parameters()] == [(n, p.shape) for n, p in agent.named_parameters()]
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        # Published per-benchmark values, from configs/per_benchmark/network/<env>_<network>.yaml.
+        (["env=mt50", "agent/network=moore"], {"num_experts": 6, "hidden_dim": 400, "num_layers": 3}),
+        (["env=mt10", "agent/network=moore"], {"num_experts": 4, "hidden_dim": 400, "num_layers": 3}),
+        (["env=mt50", "agent/network=paco"], {"num_parameter_sets": 20}),
+        (["env=mt10", "agent/network=soft_modular"], {"num_modules": 2, "hidden_dim": 256, "num_layers": 2}),
+        (["env=mt50", "agent/network=soft_modular"], {"num_modules": 4, "hidden_dim": 256, "num_layers": 4}),
+        # ... over a protocol preset's multi-head sizes; the command line wins over both.
+        (
+            ["env=mt10", "agent/network=soft_modular", "experiment=metaworld_plus"],
+            {"hidden_dim": 256, "num_layers": 2},
+        ),
+        (
+            ["env=mt50", "agent/network=soft_modular", "agent.hidden_dim=64", "agent.network.num_modules=3"],
+            {"num_modules": 3, "hidden_dim": 64, "num_layers": 4},
+        ),
+        (["env=mt25", "agent/network=soft_modular"], {"num_modules": 2, "hidden_dim": 400, "num_layers": 3}),
+    ],
+)
+def test_network_sizes_per_benchmark_and_overrides(overrides: list[str], expected: dict) -> None:
+    agent = compose(*overrides, preflight=False).agent
+    got = {key: agent.network[key] if key in agent.network else getattr(agent, key) for key in expected}
+    assert got == expected
 
 
 # ---------------------------------------------------------------- from_dict: every key required
