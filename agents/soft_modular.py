@@ -117,20 +117,25 @@ class SoftModularNetwork(nn.Module):
         the last `[*rows, n]`; row i of a matrix: module i's distribution over the previous modules)."""
         rows, n = x.shape[:-1], self.num_modules
         flat = x.reshape(-1, x.shape[-1])
-        embedding = self.embed[1](torch.relu(self._norm(0, self.embed[0](flat))))  # f(s), [N, D]
-        task_mix = (embedding.view(*rows, -1) * self.task_embedding).reshape(embedding.shape)  # z_tau * f(s)
-        routing = self.route_embed[1](torch.relu(self.route_embed[0](torch.relu(task_mix))))
+        # In-place ReLUs wherever the tensor is a fresh output that no backward reads (a linear's, a
+        # norm's, a product's, a mix's); `embedding` and `routing` are read again, so they stay.
+        embedding = self.embed[1](torch.relu_(self._norm(0, self.embed[0](flat))))  # f(s), [N, D]
+        task_mix = torch.relu_(embedding.view(*rows, -1) * self.task_embedding).view(embedding.shape)  # z_tau*f(s)
+        routing = self.route_embed[1](torch.relu_(self.route_embed[0](task_mix)))
         h = torch.relu(embedding)  # every module of layer 0 reads it
         probs: list[torch.Tensor] = []
         last = len(self.base_layers) - 1
         for i, layer in enumerate(self.base_layers):
-            r = routing if i == 0 else routing * self.route_up[i - 1](torch.cat([p.flatten(1) for p in probs], -1))
-            logits = self.route_down[i](torch.relu(r))
+            if i == 0:
+                r = torch.relu(routing)
+            else:
+                r = torch.relu_(routing * self.route_up[i - 1](torch.cat([p.flatten(1) for p in probs], -1)))
+            logits = self.route_down[i](r)
             p = torch.softmax(logits if i == last else logits.view(-1, n, n), dim=-1)
             probs.append(p)
             y = self._norm(i + 1, layer(h))  # [n, N, d]
             if i < last:
-                h = torch.relu(torch.einsum("nij,jnd->ind", p, y))
+                h = torch.relu(torch.einsum("nij,jnd->ind", p, y))  # a view of a matmul: no in-place
             else:
                 h = torch.relu(torch.einsum("nj,jnd->nd", p, y))
         return h.view(*rows, h.shape[-1]), [p.view(*rows, *p.shape[1:]) for p in probs]
