@@ -49,16 +49,48 @@ class MemoryEstimate:
         return self.replay + self.networks + self.update
 
 
-def _mlp_parameters(
-    in_dim: int, out_dim: int, hidden_dim: int, num_layers: int, num_tasks: int, shared_head: bool
-) -> tuple[int, int]:
-    """(shared, per-task) parameter counts of one MultiHeadMLP: a shared head counts as shared."""
-    trunk, width = 0, in_dim
-    for _ in range(num_layers):
-        trunk += width * hidden_dim + hidden_dim
-        width = hidden_dim
-    head = width * out_dim + out_dim
-    return (trunk + head, 0) if shared_head else (trunk, num_tasks * head)
+def _network_parameters(
+    agent: AgentConfig, obs_dim: int, action_dim: int, num_tasks: int
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((shared, per-task) parameters of the actor, the same of the twin critics), counted on the agent that
+    `build_agent` builds for `agent` (any network of agents/registry.py) on the meta device: no memory, no
+    initialisation. Per-task = a parameter with the task axis first (`is_task_specific`)."""
+    from mtrl_famo.agents.networks import is_task_specific
+    from mtrl_famo.build import build_agent  # a layer above the agents; build does not import this module
+
+    meta = build_agent(agent, obs_dim, action_dim, num_tasks, torch.device("meta"))
+    counts = {part: [0, 0] for part in ("actor", "critic")}
+    for name, parameter in meta.named_parameters():
+        part = name.split(".")[0]
+        if part in counts:
+            counts[part][1 if is_task_specific(name) else 0] += parameter.numel()
+    (actor_shared, actor_task), (critic_shared, critic_task) = counts["actor"], counts["critic"]
+    return (actor_shared, actor_task), (critic_shared, critic_task)
+
+
+def _kept_per_row(agent: AgentConfig, width: int) -> int:
+    """Floats one network keeps for backward per input row, hidden layers only (a model of each network's
+    forward, not measured except for multihead): multihead one `width` activation per layer; MOORE each of
+    its k experts' activations per layer plus the k orthonormalised outputs; Soft Modularization each
+    module's output per layer plus the routing network's (two embeddings, a routing layer per layer and
+    its module-to-module weights); PaCo a multihead's (its composed per-task parameters are counted
+    apart, `_kept_per_task`)."""
+    layers, options = agent.num_layers, agent.network
+    name = options["name"]
+    if name == "moore":
+        return options["num_experts"] * (layers + 1) * width
+    if name == "soft_modular":
+        modules, routing = options["num_modules"], options["routing_width"]
+        return modules * layers * width + 2 * options["embedding_dim"] + layers * (routing + modules * modules)
+    return layers * width
+
+
+def _kept_per_task(agent: AgentConfig, parameters: int) -> int:
+    """Floats one network keeps per task besides its rows' activations: PaCo's task parameters `Phi w`
+    (one full parameter vector of the network per task, `parameters` / num_parameter_sets)."""
+    if agent.network["name"] == "paco":
+        return parameters // agent.network["num_parameter_sets"]
+    return 0
 
 
 def estimate_memory(
@@ -97,17 +129,18 @@ def estimate_memory(
     per_task = agent.replay_size // k
     replay = k * per_task * (2 * obs_dim + action_dim + 2) * FLOAT_BYTES
 
-    shared_head = agent.heads == "shared"
-    actor_trunk, actor_heads = _mlp_parameters(obs_dim, 2 * action_dim, hidden, layers, k, shared_head)
-    critic_trunk, critic_heads = (2 * n for n in _mlp_parameters(critic_in, 1, hidden, layers, k, shared_head))
+    (actor_trunk, actor_heads), (critic_trunk, critic_heads) = _network_parameters(agent, obs_dim, action_dim, k)
+    critic_width = hidden if agent.critic_hidden_dim is None else agent.critic_hidden_dim
     temperatures = 1 if agent.alpha == "shared" else k
     trained = actor_trunk + actor_heads + critic_trunk + critic_heads + temperatures
     networks = (4 * trained + critic_trunk + critic_heads) * FLOAT_BYTES  # value, grad, 2 Adam moments; targets
 
     sampled = rows * (2 * obs_dim + action_dim + 2) * FLOAT_BYTES + rows * 8
-    width = hidden if layers else 0
-    kept_critic = rows * (layers * width + 1)  # one Q network; its input, cat(obs, action), is shared by both
-    kept_actor = rows * (layers * width + 2 * action_dim)  # its input is the sampled obs
+    width = max(hidden, critic_width) if layers else 0
+    # One Q network; its input, cat(obs, action), is shared by both. (A LayerNorm critic keeps about twice.)
+    norm = 2 if agent.critic_layernorm else 1
+    kept_critic = rows * (norm * _kept_per_row(agent, critic_width) + 1) + k * _kept_per_task(agent, critic_trunk // 2)
+    kept_actor = rows * (_kept_per_row(agent, hidden) + 2 * action_dim) + k * _kept_per_task(agent, actor_trunk)
     backward = 2 * rows * max(width, critic_in)
     critic_params, actor_params = critic_trunk + critic_heads, actor_trunk + actor_heads
     # Each step: new gradients next to the old ones, and Adam's temporaries, about twice the group's size.
@@ -196,9 +229,9 @@ def estimate_eval_memory(agent: AgentConfig, num_tasks: int, obs_dim: int, actio
     checkpoint file is memory-mapped, so the critics, optimiser state and the rest are never read. Not
     counted, as for training: the Python process and the evaluation envs.
     """
-    k, hidden, layers = num_tasks, agent.hidden_dim, agent.num_layers
-    trunk, heads = _mlp_parameters(obs_dim, 2 * action_dim, hidden, layers, k, agent.heads == "shared")
-    acting = k * (obs_dim + layers * hidden + 2 * action_dim)
+    k = num_tasks
+    (trunk, heads), _ = _network_parameters(agent, obs_dim, action_dim, k)
+    acting = k * (obs_dim + _kept_per_row(agent, agent.hidden_dim) + 2 * action_dim + _kept_per_task(agent, trunk))
     return (2 * (trunk + heads) + acting) * FLOAT_BYTES
 
 

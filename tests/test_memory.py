@@ -23,7 +23,13 @@ ACTION = 4
 
 
 def agent_config(
-    batch: int, hidden: int, layers: int, replay_size: int, heads: str = "per_task", alpha: str = "per_task"
+    batch: int,
+    hidden: int,
+    layers: int,
+    replay_size: int,
+    heads: str = "per_task",
+    alpha: str = "per_task",
+    network: dict | None = None,
 ) -> AgentConfig:
     return AgentConfig(
         heads=heads,
@@ -45,6 +51,11 @@ def agent_config(
         log_std_max=2.0,
         compile="auto",
         cuda_graph="auto",
+        critic_hidden_dim=None,
+        critic_layernorm=False,
+        reset_every=0,
+        reset=("actor", "critic"),
+        network=network or {"name": "multihead"},
     )
 
 
@@ -78,7 +89,7 @@ def peak_allocated_bytes(run, trace_dir) -> int:
     return peak
 
 
-def built(k: int, batch: int, hidden: int, layers: int, balancer: BalancerConfig, **shape: str):
+def built(k: int, batch: int, hidden: int, layers: int, balancer: BalancerConfig, **shape):
     obs_dim = 39 + k
     config = agent_config(batch, hidden, layers, replay_size=50 * k, **shape)
     torch.manual_seed(0)
@@ -137,9 +148,22 @@ def test_gradient_balancers_add_their_per_task_gradient_matrix(tmp_path) -> None
     assert 0.5 * extra <= estimates["pcgrad"] - estimates["mtsac"] <= 2.0 * extra
 
 
-@pytest.mark.parametrize("heads, alpha", [("per_task", "per_task"), ("shared", "shared"), ("shared", "per_task")])
-def test_replay_and_networks_are_counted_exactly(heads: str, alpha: str) -> None:
-    _, agent, learner, replay, estimate = built(3, 8, 24, 2, BALANCERS["famo"], heads=heads, alpha=alpha)
+NETWORK_CASES = [
+    ("per_task", "per_task", {"name": "multihead"}),
+    ("shared", "shared", {"name": "multihead"}),
+    ("shared", "per_task", {"name": "multihead"}),
+    ("per_task", "per_task", {"name": "moore", "num_experts": 3}),
+    ("per_task", "per_task", {"name": "soft_modular", "num_modules": 2, "embedding_dim": 16, "routing_width": 8}),
+    ("per_task", "per_task", {"name": "paco", "num_parameter_sets": 3, "identical_init": False}),
+]
+
+
+@pytest.mark.parametrize("heads, alpha, network", NETWORK_CASES, ids=lambda case: str(case))
+def test_replay_and_networks_are_counted_exactly(heads: str, alpha: str, network: dict) -> None:
+    """Every network's parameters (counted on the meta device), their gradients and Adam moments."""
+    _, agent, learner, replay, estimate = built(
+        3, 8, 24, 2, BALANCERS["famo"], heads=heads, alpha=alpha, network=network
+    )
     learner.update(replay.sample(8))
     assert estimate.replay == sum(t.numel() * t.element_size() for t in replay.storage.values())
     parameters = sum(p.numel() * p.element_size() for p in agent.parameters())  # target critics included
