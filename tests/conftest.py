@@ -25,12 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 HOOKS = Path(__file__).resolve().parent / "hooks"
 
 # ----- the suite in parallel (pytest-xdist) and its fast tier -----------------------------------------
-# pyproject.toml runs `-n auto --dist loadgroup --no-loadscope-reorder`: the hook below puts each test
-# file in a group of its own (two files that share a session's runs into one group), so a file's tests
-# run on one worker and share its module fixtures; the workers take the groups in the order set here.
-# CPU seconds of each file (measured with a per-test CPU plugin, `-n 2`, 2-core machine): the longest
-# first, so that none of them starts last and keeps the suite waiting. A stale entry only costs
-# balance; a file not listed goes after these, in collection order.
+# pyproject.toml runs `-n auto --dist loadfile --no-loadscope-reorder`: a test file's tests run on one
+# worker and share its module fixtures, and the scheduler below keeps two files that share a session's
+# runs on one worker too (pytest-xdist's own `loadgroup` cannot: it renames node ids, which pytest 9
+# ignores). The workers take the files in the order set here: by CPU seconds of each file (measured
+# with a per-test CPU plugin, `-n 2`, 2-core machine), the longest first, so that none of them starts
+# last and keeps the suite waiting. A stale entry only costs balance; a file not listed goes after
+# these, in collection order.
 FILE_CPU_S = {
     "test_slurm_sweep.py": 200,  # little CPU here, but minutes of waiting for its Slurm jobs: start it first
     "test_learning.py": 172,
@@ -114,17 +115,33 @@ SLOW_TESTS = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects and before xdist reads the groups
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark SLOW_TESTS `slow` as soon as the test is collected (before `-m` deselects)."""
+    names = SLOW_TESTS.get(item.path.name, ())
+    if "*" in names or getattr(item, "originalname", item.name) in names:
+        item.add_marker(pytest.mark.slow)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile`, with the files of a SHARED_GROUPS entry as one unit of work."""
+    if config.getvalue("dist") != "loadfile":
+        return None  # pytest-xdist's own scheduler for the mode asked for
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return SHARED_GROUPS.get(name, name)
+
+    return SharedFileScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark SLOW_TESTS `slow`, put every test in its file's xdist group, and order the files by FILE_CPU_S
-    (each file's tests together and in their own order)."""
+    """Check that SLOW_TESTS names existing tests, and order the files by FILE_CPU_S (each file's tests
+    together and in their own order; the workers take them in this order)."""
     modules = {}
     for item in items:
-        names = SLOW_TESTS.get(item.path.name, ())
-        if "*" in names or getattr(item, "originalname", item.name) in names:
-            item.add_marker(pytest.mark.slow)
         modules.setdefault(item.path.name, getattr(item, "module", None))
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.name, item.path.name)))
     stale = [
         f"{file}::{name}"
         for file, module in modules.items()
