@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtrl_famo import preflight
 from mtrl_famo.config import CONFIG_DIR, ConfigError, TrainConfig, compose, from_dict
 
-GROUPS = ("env", "balancer", "agent", "experiment")
+GROUPS = ("env", "balancer", "agent", "agent/network", "experiment")
 
 
 def check_group_choices(argv: list[str]) -> None:

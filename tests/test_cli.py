@@ -93,6 +93,12 @@ def a_file_in_the_way(monkeypatch, tmp_path) -> None:
 BAD_INPUT = [
     ("env=mt11", "Unknown env 'mt11'; choose one of custom, mt1, mt10, mt25, mt50", None),
     ("balancer=adam", f"Unknown balancer 'adam'; choose one of {', '.join(NAMES)}.", None),
+    ("agent/network=nope", "Unknown agent/network 'nope'; choose one of moore, multihead, paco, soft_modular.", None),
+    (
+        "-m agent/network=moore,nope",
+        "Unknown agent/network 'nope'; choose one of moore, multihead, paco, soft_modular.",
+        None,
+    ),
     ("env.tasks=[reach-v3,jump-v3]", "Unknown Metaworld task 'jump-v3'", None),
     ("steps=0", "steps=0 is invalid", None),
     ("agent.batch_size_per_task=-4", "agent.batch_size_per_task=-4 is invalid", None),
