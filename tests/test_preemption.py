@@ -42,8 +42,7 @@ def send(guard: PreemptionGuard, signum: int) -> None:
     """Send `signum` to this process, only while `guard` holds it, and wait until it is flagged."""
     assert signal.getsignal(signum) == guard._flag, "guard not installed: refusing to send the signal"
     os.kill(os.getpid(), signum)
-    deadline = time.monotonic() + 5.0
-    while guard.pending != signum and time.monotonic() < deadline:
+    while guard.pending != signum:  # no deadline: a loaded machine only delays it (a hang: pytest-timeout)
         time.sleep(0.001)
 
 
