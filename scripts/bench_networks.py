@@ -10,9 +10,16 @@ PaCo 5 parameter sets of 3 x 400). The agent and learner are built directly (Mul
 SACLearner with the configs' lr/tau/cadence) because the network is not yet a config key; balancers
 come from `mtrl_famo.balancers.make` with their config defaults, FAMO on the critic only (the actor
 on mtsac, as published), PCGrad and CAGrad on critic and actor. All (network, balancer) pairs are
-timed in one run, interleaved round by round (scripts/bench_timing.py), so the ratios are
-comparable on a noisy machine: `x multihead` is the network's update over multi-head's with the
-same balancer, `x mtsac` the balancer's over the same network's mtsac update.
+timed in one run, interleaved round by round (scripts/bench_timing.py), and each ratio is the
+median over rounds of that round's ratio, so the ratios are comparable on a noisy machine:
+`x multihead` is the network's update over multi-head's with the same balancer, `x mtsac` the
+balancer's over the same network's mtsac update.
+
+On a CPU whose cores are also busy with other processes, every operation that torch runs on more
+than one thread waits for a scheduler slice (measured: any elementwise op on 2 threads took ~8 ms,
+whatever its size, with two busy loops on the 2 cores; 0.07 ms on 1 thread); the ratios then follow
+the networks' operation counts more than their FLOPs. Compare a `--threads 1` run before reading much
+into a `--threads 2` one on a loaded machine.
 """
 
 from __future__ import annotations
@@ -114,7 +121,14 @@ def main() -> None:
     balancers = ["mtsac", *(b for b in args.balancers if b != "mtsac")]
     setups = {(n, b): build(n, b, args.seed, device) for n in networks for b in balancers}
     timers = {pair: partial(time_update, learner, replay, device) for pair, (learner, replay) in setups.items()}
-    times = {pair: statistics.median(t) for pair, t in interleaved_ms(timers, args.repeats, args.warmup).items()}
+    rounds = interleaved_ms(timers, args.repeats, args.warmup)
+    times = {pair: statistics.median(t) for pair, t in rounds.items()}
+
+    def ratio(pair: tuple[str, str], reference: tuple[str, str]) -> float:
+        # The median over rounds of the round's ratio: both times were taken in the same round, so a
+        # load that comes and goes between rounds cancels out (a ratio of medians would mix rounds).
+        return statistics.median(t / r for t, r in zip(rounds[pair], rounds[reference]))
+
     print(
         f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} "
         f"K={K} obs={OBS} action={ACT} batch/task={BATCH}"
@@ -125,8 +139,8 @@ def main() -> None:
         for b in balancers:
             ms = times[(n, b)]
             print(
-                f"{n:<13} {count:>10,} {b:<8} {ms:>10.1f} {ms / times[('multihead', b)]:>12.2f} "
-                f"{ms / times[(n, 'mtsac')]:>8.2f}",
+                f"{n:<13} {count:>10,} {b:<8} {ms:>10.1f} {ratio((n, b), ('multihead', b)):>12.2f} "
+                f"{ratio((n, b), (n, 'mtsac')):>8.2f}",
                 flush=True,
             )
 
