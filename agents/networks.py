@@ -92,6 +92,16 @@ class StackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x.expand(self.weight.shape[0], *x.shape[-2:]), self.weight)
 
+    def rows_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The n maps of the same rows `[N, in]` as `[N, n, out]` (rows first), in ONE matmul against the
+        maps side by side (`[in, n * out]`): measured faster than the batched matmul of the expanded rows
+        (fwd + bwd at Soft Modularization's MT10 layer 0, 1 thread), and the rows-first layout is what a
+        per-row mix of the n outputs (`[N, n, n] @ [N, n, out]`) reads without a copy."""
+        num_maps, in_dim, out_dim = self.weight.shape
+        weight = self.weight.transpose(0, 1).reshape(in_dim, num_maps * out_dim)
+        bias = self.bias.transpose(0, 1).reshape(1, num_maps * out_dim)
+        return torch.addmm(bias, x, weight).view(x.shape[0], num_maps, out_dim)
+
 
 class MultiHeadMLP(nn.Module):
     """MLP trunk of `num_layers` ReLU layers shared by all tasks, then a linear head.

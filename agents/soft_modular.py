@@ -133,6 +133,12 @@ class SoftModularNetwork(nn.Module):
             logits = self.route_down[i](r)
             p = torch.softmax(logits if i == last else logits.view(-1, n, n), dim=-1)
             probs.append(p)
+            if i == 0:  # every module reads the same rows: one matmul, rows first, mixed per row
+                y = self._norm(1, layer.rows_first(h))  # [N, n, d]
+                # Mixed per row: [n, N, d] (a view) for the next layer's modules, or the last layer's [N, d].
+                last_mix = torch.relu((p.unsqueeze(-2) @ y).squeeze(-2)) if i == last else None
+                h = torch.relu_(p @ y).transpose(0, 1) if last_mix is None else last_mix
+                continue
             y = self._norm(i + 1, layer(h))  # [n, N, d]
             if i < last:
                 h = torch.relu(torch.einsum("nij,jnd->ind", p, y))  # a view of a matmul: no in-place

@@ -161,6 +161,38 @@ def test_moore_mixes_the_basis_with_each_tasks_weights() -> None:
         torch.testing.assert_close(out[k], features @ net.head_weight[k] + net.head_bias[k])
 
 
+def test_stacked_linear_rows_first_is_its_maps_on_shared_rows() -> None:
+    """The one-matmul form for rows every map reads equals the batched maps, rows first (float64)."""
+    from mtrl_famo.agents.networks import StackedLinear
+
+    torch.manual_seed(5)
+    layer = StackedLinear(3, 6, 4, "pytorch").double()
+    x = torch.randn(7, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer.rows_first(x), layer(x).transpose(0, 1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_soft_modular_shallow_networks_mix_as_defined(num_layers: int) -> None:
+    """Layer 0's rows-first path (the last layer too when there is one) against the routing definition."""
+    torch.manual_seed(6)
+    net = SoftModularNetwork(
+        5, 3, 8, num_layers, K, shared_head=False, init="pytorch", num_modules=3, embedding_dim=6, routing_width=5
+    ).double()
+    x = torch.randn(K, 7, 5, dtype=torch.float64)
+    probs = net.routing_weights(x)
+    embedding = net.embed[1](torch.relu(net.embed[0](x)))
+    h = torch.relu(embedding)
+    ys = [torch.relu(h) for _ in range(3)]
+    for i, layer in enumerate(net.base_layers):
+        outs = [(ys[j] if i else h) @ layer.weight[j] + layer.bias[j] for j in range(3)]
+        p = probs[i]
+        if i < num_layers - 1:
+            ys = [torch.relu(sum(p[..., m, j, None] * outs[j] for j in range(3))) for m in range(3)]
+        else:
+            features = torch.relu(sum(p[..., j, None] * outs[j] for j in range(3)))
+    torch.testing.assert_close(net(x), features @ net.head_weight + net.head_bias)
+
+
 def test_soft_modular_routing_is_a_distribution_per_layer_that_depends_on_the_task() -> None:
     torch.manual_seed(3)
     net = SoftModularNetwork(
