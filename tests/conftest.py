@@ -183,7 +183,7 @@ TINY_RUN = [
 def tiny_cli_run(tmp_path_factory: pytest.TempPathFactory):
     """`run_cli(*TINY_RUN, balancer=<name>)` from a fresh working directory with the default run_dir,
     run once per balancer for the whole session (several test files check the same tiny run);
-    returns (working directory, completed process). The run lives in `runs/custom/<name>/seed=0`
+    returns (working directory, completed process). The run lives in `runs/custom/multihead/<name>/seed=0`
     under that directory; tests that read it take it from there, which checks the default too."""
     runs: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
 
@@ -213,9 +213,9 @@ def tiny_balancer_runs(tiny_cli_run, tmp_path_factory: pytest.TempPathFactory):
     sweep = tmp_path_factory.mktemp("tiny-sweep") / "sweep"
     result = run_cli("-m", *TINY_RUN, f"balancer={','.join(others)}", f"hydra.sweep.dir={sweep}", cwd=sweep.parent)
     assert result.returncode == 0, result.stderr[-3000:]
-    dirs = {name: sweep / "custom" / name / "seed=0" for name in others}
+    dirs = {name: sweep / "custom" / "multihead" / name / "seed=0" for name in others}
     for name in SINGLE_RUN_BALANCERS:
-        dirs[name] = tiny_cli_run(name)[0] / "runs" / "custom" / name / "seed=0"
+        dirs[name] = tiny_cli_run(name)[0] / "runs" / "custom" / "multihead" / name / "seed=0"
     return dirs
 
 
