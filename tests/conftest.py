@@ -53,6 +53,8 @@ FILE_CPU_S = {
     "test_compile.py": 11,
     "test_callbacks.py": 10,
     "test_bench_update.py": 10,
+    "test_network_runs.py": 40,  # wall seconds under load (no CPU measure yet)
+    "test_resets.py": 25,
 }
 # Files that read the same session-scoped runs go to one worker, which then runs them once.
 SHARED_GROUPS = {
@@ -86,6 +88,8 @@ SLOW_TESTS = {
         "test_metaworld_protocol_stops_episodes_at_first_success",
         "test_metaworld_protocol_visits_every_goal_once",
     ),
+    "test_network_runs.py": ("*",),  # every test reads (or is) a tiny run of each network
+    "test_resets.py": ("test_a_run_resumed_across_a_reset_equals_the_straight_run", "test_resets_change_the_run"),
     "test_overlap.py": (
         "test_overlapped_run_resumed_from_checkpoint_equals_straight_run",
         "test_sequential_loop_is_act_step_store_update",
