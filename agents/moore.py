@@ -88,7 +88,7 @@ class MOORENetwork(nn.Module):
         *,
         shared_head: bool,
         init: str,
-        layernorm: bool = False,
+        layernorm: bool,
         num_experts: int,
     ):
         super().__init__()
@@ -109,9 +109,9 @@ class MOORENetwork(nn.Module):
         if not shared_head:
             self.head_weight = nn.Parameter(torch.empty(num_tasks, hidden_dim, out_dim))
             self.head_bias = nn.Parameter(torch.empty(num_tasks, 1, out_dim))
-        self.reset_parameters()
+        self.reset_parameters(None)  # drawn from torch's global generator, as nn.Linear's are
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None) -> None:
         """Every parameter drawn again in place: experts and head with the `init` law of a linear map,
         the task weights as the weight of a linear map from the one-hot id (fan_in K, fan_out k)."""
         for layer in self.experts:

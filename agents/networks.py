@@ -41,10 +41,11 @@ def _init_linear(
     fan_in: int,
     fan_out: int,
     init: str,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None,
 ) -> None:
     """Initialise one linear map (or several stacked on a leading task/expert axis) in place, drawing
-    from `generator` (torch's global generator when None); `bias` None for a map without one."""
+    from `generator` (None: torch's global generator, what a construction draws from; a reset passes
+    its own); `bias` None for a map without one."""
     with torch.no_grad():
         if init == "xavier":
             bound = math.sqrt(6.0 / (fan_in + fan_out))
@@ -83,10 +84,11 @@ class StackedLinear(nn.Module):
         self.init = init
         self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
         self.bias = nn.Parameter(torch.empty(n, 1, out_dim))
-        self.reset_parameters()
+        self.reset_parameters(None)  # drawn from torch's global generator, as nn.Linear's are
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Each of the n maps drawn from the `init` law of one linear map (in place)."""
+    def reset_parameters(self, generator: torch.Generator | None) -> None:
+        """Each of the n maps drawn from the `init` law of one linear map (in place), from `generator`
+        (None: torch's global generator)."""
         _init_linear(self.weight, self.bias, self.weight.shape[1], self.weight.shape[2], self.init, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +124,7 @@ class MultiHeadMLP(nn.Module):
         *,
         shared_head: bool,
         init: str,
-        layernorm: bool = False,
+        layernorm: bool,
     ):
         super().__init__()
         self.init = init
@@ -131,7 +133,7 @@ class MultiHeadMLP(nn.Module):
         for _ in range(num_layers):
             linear = nn.Linear(width, hidden_dim)  # drawn with the pytorch law already
             if init != "pytorch":
-                _init_linear(linear.weight, linear.bias, width, hidden_dim, init)
+                _init_linear(linear.weight, linear.bias, width, hidden_dim, init, None)
             layers.append(linear)
             if layernorm:
                 layers.append(nn.LayerNorm(hidden_dim))
@@ -142,16 +144,17 @@ class MultiHeadMLP(nn.Module):
         if shared_head:
             self.head = nn.Linear(width, out_dim)
             if init != "pytorch":
-                _init_linear(self.head.weight, self.head.bias, width, out_dim, init)
+                _init_linear(self.head.weight, self.head.bias, width, out_dim, init, None)
         else:
             self.head_weight = nn.Parameter(torch.empty(num_tasks, width, out_dim))
             self.head_bias = nn.Parameter(torch.empty(num_tasks, 1, out_dim))
-            _init_linear(self.head_weight, self.head_bias, width, out_dim, init)
+            _init_linear(self.head_weight, self.head_bias, width, out_dim, init, None)
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None) -> None:
         """Draw every parameter again, in place, from the construction's law and order (trunk layer by
         layer, weight then bias, then the head): with `generator` in the global generator's state at
-        construction, the parameters come out equal to the constructed ones (init="pytorch")."""
+        construction, the parameters come out equal to the constructed ones (init="pytorch"); None
+        draws from torch's global generator."""
         for layer in self.trunk:
             if isinstance(layer, nn.Linear):
                 _init_linear(layer.weight, layer.bias, layer.in_features, layer.out_features, self.init, generator)
@@ -186,31 +189,21 @@ class Actor(nn.Module):
         self,
         obs_dim: int,
         action_dim: int,
-        hidden_dim: int,
-        num_layers: int,
-        num_tasks: int,
         *,
-        shared_head: bool,
-        init: str,
+        network: NetworkFactory,
         log_std_min: float,
         log_std_max: float,
-        network: NetworkFactory | None = None,
     ):
-        """`network(in_dim, out_dim)` builds the policy network (agents/registry.py); None: a MultiHeadMLP
-        of `hidden_dim` x `num_layers` with `shared_head` and `init`."""
+        """`network(in_dim, out_dim)` builds the policy network (`agents.registry.network_factory`, which
+        holds its sizes, heads, init and options; the multi-head MLP is one of its networks)."""
         super().__init__()
-        if network is None:
-            self.net = MultiHeadMLP(
-                obs_dim, 2 * action_dim, hidden_dim, num_layers, num_tasks, shared_head=shared_head, init=init
-            )
-        else:
-            self.net = network(obs_dim, 2 * action_dim)
+        self.net = network(obs_dim, 2 * action_dim)
         self.action_dim = action_dim
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Re-draw the policy network's parameters in place from its construction law."""
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Re-draw the policy network's parameters in place from its construction law, from `generator`."""
         self.net.reset_parameters(generator)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,32 +231,15 @@ class Actor(nn.Module):
 
 
 class TwinCritic(nn.Module):
-    """Two independent multi-head Q networks (clipped double-Q)."""
+    """Two independent Q networks (clipped double-Q)."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        hidden_dim: int,
-        num_layers: int,
-        num_tasks: int,
-        *,
-        shared_head: bool,
-        init: str,
-        network: NetworkFactory | None = None,
-    ):
-        """`network(in_dim, out_dim)` builds each Q network (agents/registry.py); None: MultiHeadMLPs of
-        `hidden_dim` x `num_layers` with `shared_head` and `init`."""
+    def __init__(self, obs_dim: int, action_dim: int, *, network: NetworkFactory):
+        """`network(in_dim, out_dim)` builds each Q network (`agents.registry.network_factory`), q1 first."""
         super().__init__()
-        if network is None:
-            shape = (obs_dim + action_dim, 1, hidden_dim, num_layers, num_tasks)
-            self.q1 = MultiHeadMLP(*shape, shared_head=shared_head, init=init)
-            self.q2 = MultiHeadMLP(*shape, shared_head=shared_head, init=init)
-        else:
-            self.q1 = network(obs_dim + action_dim, 1)
-            self.q2 = network(obs_dim + action_dim, 1)
+        self.q1 = network(obs_dim + action_dim, 1)
+        self.q2 = network(obs_dim + action_dim, 1)
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+    def reset_parameters(self, generator: torch.Generator) -> None:
         """Re-draw both Q networks' parameters in place from their construction law (q1 first, as built)."""
         self.q1.reset_parameters(generator)
         self.q2.reset_parameters(generator)

@@ -44,9 +44,9 @@ class PaCoNetwork(nn.Module):
         *,
         shared_head: bool,
         init: str,
-        layernorm: bool = False,
+        layernorm: bool,
         num_parameter_sets: int,
-        identical_init: bool = False,
+        identical_init: bool,
     ):
         super().__init__()
         if shared_head:
@@ -62,9 +62,9 @@ class PaCoNetwork(nn.Module):
         self.layers = nn.ModuleList(StackedLinear(num_parameter_sets, a, b, init) for a, b in pairwise(widths))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(num_layers)) if layernorm else None
         self.task_composition = nn.Parameter(torch.empty(num_tasks, num_parameter_sets))
-        self.reset_parameters()
+        self.reset_parameters(None)  # drawn from torch's global generator, as nn.Linear's are
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None) -> None:
         """Phi drawn again in place, each set with the `init` law of its layers (with `identical_init`,
         the PaCo repository's `kernel_identical_init`: every set a copy of the first); w as the weight
         of a linear map from the one-hot id (fan_in K, fan_out k)."""

@@ -5,8 +5,9 @@ Every network has the constructor contract of `MultiHeadMLP`:
 maps task-grouped `[K, B, in_dim]` rows to `[K, B, out_dim]` (and one task's `[B, in_dim]`, with
 its per-task parameters sliced, under `torch.func.vmap`), names every per-task parameter with a
 name in `networks.TASK_AXIS_PARAMETERS` with the task axis first, and has
-`reset_parameters(generator)` that draws every parameter again, in place, from its construction law.
-Published sizes and options of each: configs/agent/network/<name>.yaml.
+`reset_parameters(generator)` that draws every parameter again, in place, from its construction law
+(`generator` None: torch's global generator). Every constructor argument is required: published sizes
+and options of each, their one home, are configs/agent/network/<name>.yaml (and configs/agent/sac.yaml).
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ NETWORKS: dict[str, type[nn.Module]] = {
 _COMMON = frozenset({"shared_head", "init", "layernorm"})
 
 
-def network_options(name: str) -> dict[str, Any]:
-    """`{option: default or inspect.Parameter.empty}` of network `name`'s own options."""
+def network_options(name: str) -> tuple[str, ...]:
+    """The names of network `name`'s own options (its other keyword-only parameters), each one required."""
     signature = inspect.signature(NETWORKS[name].__init__)
-    return {
-        p.name: p.default
+    return tuple(
+        p.name
         for p in signature.parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _COMMON
-    }
+    )
 
 
 def network_factory(
@@ -51,26 +52,25 @@ def network_factory(
     num_tasks: int,
     shared_head: bool,
     init: str,
-    layernorm: bool = False,
-    options: Mapping[str, Any] | None = None,
+    layernorm: bool,
+    options: Mapping[str, Any],
 ) -> NetworkFactory:
-    """`(in_dim, out_dim) -> network` for network `name` with these sizes and its own `options`
-    (bad names refused in one sentence)."""
+    """`(in_dim, out_dim) -> network` for network `name` with these sizes and its own `options`, every
+    one of them (`{}` for the multihead network, which has none); bad names, unknown or missing
+    options refused in one sentence."""
     if name not in NETWORKS:
         raise ValueError(f"Unknown network '{name}'; choose one of {', '.join(NETWORKS)}.")
-    options = dict(options or {})
+    options = dict(options)
     known = network_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(
             f"Network '{name}' has no option {', '.join(unknown)}; its options are: {', '.join(known) or 'none'}."
         )
-    missing = sorted(k for k, default in known.items() if default is inspect.Parameter.empty and k not in options)
+    missing = sorted(set(known) - set(options))
     if missing:
         raise ValueError(f"Network '{name}' needs option(s) {', '.join(missing)} (configs/agent/network/{name}.yaml).")
-    keywords: dict[str, Any] = {"shared_head": shared_head, "init": init, **options}
-    if layernorm:  # the plain multihead network is built exactly as before the option existed
-        keywords["layernorm"] = True
+    keywords: dict[str, Any] = {"shared_head": shared_head, "init": init, "layernorm": layernorm, **options}
     network = NETWORKS[name]
 
     def build(in_dim: int, out_dim: int) -> nn.Module:

@@ -30,13 +30,12 @@ RESETTABLE_PARTS = ("actor", "critic")
 class MultiTaskSAC(nn.Module):
     """Actor, twin critics, target critics and the learned temperature(s).
 
-    Every hyperparameter is a required keyword: their defaults live in configs/agent/sac.yaml
-    (build with `mtrl_famo.build.build_agent` to get them, which passes every one). The network
-    options still default to today's agent, for the library callers written before they existed
-    (tests' tiny agents, scripts): `network` names one of agents/registry.py's NETWORKS (the
-    actor and both critics use it; `network_options` are its own options, published values in
-    configs/agent/network/<name>.yaml); `critic_hidden_dim` is the critics' width (None: `hidden_dim`);
-    `critic_layernorm` puts a LayerNorm after each hidden linear of the critics, before its ReLU.
+    Every hyperparameter is a required keyword: their defaults live in configs/agent/sac.yaml and
+    configs/agent/network/<name>.yaml (build with `mtrl_famo.build.build_agent` to get them, which
+    passes every one). `network` names one of agents/registry.py's NETWORKS (the actor and both
+    critics use it; `network_options` are all of its own options, `{}` for "multihead");
+    `critic_hidden_dim` is the critics' width (None: the actor's `hidden_dim`); `critic_layernorm`
+    puts a LayerNorm after each hidden linear of the critics, before its ReLU.
     """
 
     def __init__(
@@ -54,10 +53,10 @@ class MultiTaskSAC(nn.Module):
         init_temperature: float,
         log_std_min: float,
         log_std_max: float,
-        network: str = "multihead",
-        network_options: Mapping[str, Any] | None = None,
-        critic_hidden_dim: int | None = None,
-        critic_layernorm: bool = False,
+        network: str,
+        network_options: Mapping[str, Any],
+        critic_hidden_dim: int | None,
+        critic_layernorm: bool,
     ):
         super().__init__()
         if heads not in HEADS:
@@ -69,23 +68,15 @@ class MultiTaskSAC(nn.Module):
         self.action_dim = action_dim
         self.discount = discount
         self.target_entropy = -float(action_dim)
-        shape = (obs_dim, action_dim, hidden_dim, num_layers, num_tasks)
-        shared_head = heads == "shared"
-        common = dict(num_layers=num_layers, num_tasks=num_tasks, shared_head=shared_head, init=init)
-        actor_net = network_factory(network, hidden_dim=hidden_dim, options=network_options, **common)
+        common = dict(num_layers=num_layers, num_tasks=num_tasks, shared_head=heads == "shared", init=init)
+        # The actor stays plain: LayerNorm is the critics' option (agent.critic_layernorm).
+        actor_net = network_factory(network, hidden_dim=hidden_dim, layernorm=False, options=network_options, **common)
         critic_width = hidden_dim if critic_hidden_dim is None else critic_hidden_dim
         critic_net = network_factory(
             network, hidden_dim=critic_width, layernorm=critic_layernorm, options=network_options, **common
         )
-        self.actor = Actor(
-            *shape,
-            shared_head=shared_head,
-            init=init,
-            log_std_min=log_std_min,
-            log_std_max=log_std_max,
-            network=actor_net,
-        )
-        self.critic = TwinCritic(*shape, shared_head=shared_head, init=init, network=critic_net)
+        self.actor = Actor(obs_dim, action_dim, network=actor_net, log_std_min=log_std_min, log_std_max=log_std_max)
+        self.critic = TwinCritic(obs_dim, action_dim, network=critic_net)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.shared_alpha = alpha == "shared"
         start = math.log(init_temperature)

@@ -51,7 +51,7 @@ class SoftModularNetwork(nn.Module):
         *,
         shared_head: bool,
         init: str,
-        layernorm: bool = False,
+        layernorm: bool,
         num_modules: int,
         embedding_dim: int,
         routing_width: int,
@@ -85,9 +85,9 @@ class SoftModularNetwork(nn.Module):
         if not shared_head:
             self.head_weight = nn.Parameter(torch.empty(num_tasks, hidden_dim, out_dim))
             self.head_bias = nn.Parameter(torch.empty(num_tasks, 1, out_dim))
-        self.reset_parameters()
+        self.reset_parameters(None)  # drawn from torch's global generator, as nn.Linear's are
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None) -> None:
         """Every parameter drawn again in place: linear maps with the `init` law, W_d^l uniform in
         +-1e-3 with zero bias, the task embedding as the weight of a linear map from the one-hot id."""
         for linear in [*self.embed, *self.route_embed, *self.route_up]:

@@ -67,6 +67,8 @@ def build(network: str, balancer: str, seed: int, device: torch.device) -> tuple
         log_std_max=2.0,
         network=network,
         network_options=options,
+        critic_hidden_dim=None,
+        critic_layernorm=False,
     ).to(device)
     losses = APPLIED_TO.get(balancer, ("critic", "actor"))
     # A balancer's ${seed} option (PCGrad's random order) takes the run's seed, as the CLI would give it.

@@ -14,8 +14,12 @@ import torch
 from omegaconf import OmegaConf
 
 from mtrl_famo import balancers
+from mtrl_famo.agents.moore import MOORENetwork
 from mtrl_famo.agents.networks import Actor, MultiHeadMLP, TwinCritic
+from mtrl_famo.agents.paco import PaCoNetwork
+from mtrl_famo.agents.registry import NETWORKS, network_factory
 from mtrl_famo.agents.sac import MultiTaskSAC
+from mtrl_famo.agents.soft_modular import SoftModularNetwork
 from mtrl_famo.build import build_agent, build_balancers
 from mtrl_famo.config import (
     CONFIG_DIR,
@@ -182,11 +186,25 @@ def test_config_dataclasses_have_no_defaults(cls) -> None:
     ] == []
 
 
-@pytest.mark.parametrize(
-    "function", [MultiTaskSAC.__init__, Actor.__init__, TwinCritic.__init__, MultiHeadMLP.__init__]
-)
+NETWORK_CONSTRUCTORS = [
+    MultiTaskSAC.__init__,
+    Actor.__init__,
+    TwinCritic.__init__,
+    MultiHeadMLP.__init__,
+    MOORENetwork.__init__,
+    SoftModularNetwork.__init__,
+    PaCoNetwork.__init__,
+    network_factory,
+]
+
+
+@pytest.mark.parametrize("function", NETWORK_CONSTRUCTORS, ids=lambda function: function.__qualname__)
 def test_network_constructors_have_no_defaults(function) -> None:
     assert keyword_defaults(function) == {}
+
+
+def test_every_registered_network_constructor_is_checked() -> None:
+    assert {cls.__init__ for cls in NETWORKS.values()} <= set(NETWORK_CONSTRUCTORS)
 
 
 def test_compose_gives_the_yaml_agent_and_run_values() -> None:
@@ -200,9 +218,9 @@ def test_compose_gives_the_yaml_agent_and_run_values() -> None:
     groups = ("env", "agent", "balancer", "video", "wandb")  # from their own files under configs/
     written = [item.name for item in dataclasses.fields(TrainConfig) if item.name not in groups]
     for name in written:
-        if name != "run_dir":  # interpolated: runs/${env.name}/${balancer.name}/seed=${seed}
+        if name != "run_dir":  # interpolated: runs/${env.name}/${agent.network.name}/${balancer.name}/seed=${seed}
             assert values[name] == top[name], name
-    assert config.run_dir == "runs/mt10/mtsac/seed=0"
+    assert config.run_dir == "runs/mt10/multihead/mtsac/seed=0"
     assert set(top) - {"defaults", "hydra"} == set(written)
 
 

@@ -83,6 +83,10 @@ def random_actor_agent() -> MultiTaskSAC:
         init_temperature=1.0,
         log_std_min=-20.0,
         log_std_max=2.0,
+        network="multihead",
+        network_options={},
+        critic_hidden_dim=None,
+        critic_layernorm=False,
     )
 
 
@@ -240,6 +244,10 @@ def expected_evaluation(run_dir: Path, *overrides: str):
         init_temperature=config.agent.init_temperature,
         log_std_min=config.agent.log_std_min,
         log_std_max=config.agent.log_std_max,
+        network=config.agent.network["name"],
+        network_options={key: value for key, value in config.agent.network.items() if key != "name"},
+        critic_hidden_dim=config.agent.critic_hidden_dim,
+        critic_layernorm=config.agent.critic_layernorm,
     )
     agent.load_state_dict(state["agent"])
     evaluator = Evaluator(config.env, config.seed, config.eval.episodes, agent, CPU, protocol=config.eval.protocol)

@@ -45,6 +45,10 @@ def make_agent(num_tasks: int = K, seed: int = 0, perturb_target: bool = True, *
         "init_temperature": 0.3,
         "log_std_min": -5.0,
         "log_std_max": 1.0,
+        "network": "multihead",
+        "network_options": {},
+        "critic_hidden_dim": None,
+        "critic_layernorm": False,
     }
     options.update(kwargs)
     agent = MultiTaskSAC(OBS, ACT, num_tasks, **options).double()

@@ -24,12 +24,19 @@ OPTIONS = {
     "multihead": {},
     "moore": {"num_experts": 3},
     "soft_modular": {"num_modules": 2, "embedding_dim": 6, "routing_width": 5},
-    "paco": {"num_parameter_sets": 3},
+    "paco": {"num_parameter_sets": 3, "identical_init": False},
 }
 LAYERS = {"multihead": 2, "moore": 2, "soft_modular": 3, "paco": 2}
 
 
-def make_agent(network: str, seed: int = 0, dtype: torch.dtype = torch.float64, **kwargs) -> MultiTaskSAC:
+def make_agent(
+    network: str,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    init: str = "pytorch",
+    critic_hidden_dim: int | None = None,
+    critic_layernorm: bool = False,
+) -> MultiTaskSAC:
     torch.manual_seed(seed)
     return MultiTaskSAC(
         OBS,
@@ -37,7 +44,7 @@ def make_agent(network: str, seed: int = 0, dtype: torch.dtype = torch.float64, 
         K,
         heads="per_task",
         alpha="per_task",
-        init=kwargs.pop("init", "pytorch"),
+        init=init,
         hidden_dim=8,
         num_layers=LAYERS[network],
         discount=0.99,
@@ -46,7 +53,8 @@ def make_agent(network: str, seed: int = 0, dtype: torch.dtype = torch.float64, 
         log_std_max=2.0,
         network=network,
         network_options=OPTIONS[network],
-        **kwargs,
+        critic_hidden_dim=critic_hidden_dim,
+        critic_layernorm=critic_layernorm,
     ).to(dtype)
 
 
@@ -97,7 +105,7 @@ def test_per_task_gradients_equal_brute_force(network: str, case: str, critic_la
 
 def test_moore_expert_outputs_are_orthonormal_per_sample() -> None:
     torch.manual_seed(1)
-    net = MOORENetwork(5, 3, 16, 2, K, shared_head=False, init="pytorch", num_experts=4).double()
+    net = MOORENetwork(5, 3, 16, 2, K, shared_head=False, init="pytorch", layernorm=False, num_experts=4).double()
     x = torch.randn(K, 7, 5, dtype=torch.float64)
     basis = net.expert_basis(x)  # [k, K, B, h]
     assert basis.shape == (4, K, 7, 16)
@@ -152,7 +160,7 @@ def test_moore_gram_schmidt_in_float32_is_as_accurate_as_the_classical_loop() ->
 
 def test_moore_mixes_the_basis_with_each_tasks_weights() -> None:
     torch.manual_seed(2)
-    net = MOORENetwork(5, 3, 16, 2, K, shared_head=False, init="pytorch", num_experts=4).double()
+    net = MOORENetwork(5, 3, 16, 2, K, shared_head=False, init="pytorch", layernorm=False, num_experts=4).double()
     x = torch.randn(K, 7, 5, dtype=torch.float64)
     basis = net.expert_basis(x)
     out = net(x)
@@ -176,7 +184,17 @@ def test_soft_modular_shallow_networks_mix_as_defined(num_layers: int) -> None:
     """Layer 0's rows-first path (the last layer too when there is one) against the routing definition."""
     torch.manual_seed(6)
     net = SoftModularNetwork(
-        5, 3, 8, num_layers, K, shared_head=False, init="pytorch", num_modules=3, embedding_dim=6, routing_width=5
+        5,
+        3,
+        8,
+        num_layers,
+        K,
+        shared_head=False,
+        init="pytorch",
+        layernorm=False,
+        num_modules=3,
+        embedding_dim=6,
+        routing_width=5,
     ).double()
     x = torch.randn(K, 7, 5, dtype=torch.float64)
     probs = net.routing_weights(x)
@@ -196,7 +214,17 @@ def test_soft_modular_shallow_networks_mix_as_defined(num_layers: int) -> None:
 def test_soft_modular_routing_is_a_distribution_per_layer_that_depends_on_the_task() -> None:
     torch.manual_seed(3)
     net = SoftModularNetwork(
-        5, 2, 8, 3, K, shared_head=True, init="pytorch", num_modules=3, embedding_dim=6, routing_width=5
+        5,
+        2,
+        8,
+        3,
+        K,
+        shared_head=True,
+        init="pytorch",
+        layernorm=False,
+        num_modules=3,
+        embedding_dim=6,
+        routing_width=5,
     ).double()
     with torch.no_grad():  # routing far from its near-uniform start, so that differences are visible
         for layer in net.route_down:
@@ -212,7 +240,9 @@ def test_soft_modular_routing_is_a_distribution_per_layer_that_depends_on_the_ta
 
 def test_paco_task_parameters_are_the_shared_sets_times_the_tasks_vector() -> None:
     torch.manual_seed(4)
-    net = PaCoNetwork(5, 3, 8, 2, K, shared_head=False, init="pytorch", num_parameter_sets=4).double()
+    net = PaCoNetwork(
+        5, 3, 8, 2, K, shared_head=False, init="pytorch", layernorm=False, num_parameter_sets=4, identical_init=False
+    ).double()
     x = torch.randn(K, 7, 5, dtype=torch.float64)
     out = net(x)
     composed = net.task_parameters()
@@ -231,7 +261,9 @@ def test_paco_task_parameters_are_the_shared_sets_times_the_tasks_vector() -> No
 
 
 def test_paco_identical_init_starts_every_set_equal() -> None:
-    net = PaCoNetwork(5, 3, 8, 2, K, shared_head=False, init="xavier", num_parameter_sets=4, identical_init=True)
+    net = PaCoNetwork(
+        5, 3, 8, 2, K, shared_head=False, init="xavier", layernorm=False, num_parameter_sets=4, identical_init=True
+    )
     for layer in net.layers:
         assert torch.equal(layer.weight, layer.weight[:1].expand_as(layer.weight))
 
@@ -350,6 +382,8 @@ def test_reset_law_matches_construction_statistically() -> None:
         log_std_max=2.0,
         network="moore",
         network_options={"num_experts": 2},
+        critic_hidden_dim=None,
+        critic_layernorm=False,
     )
     agent.reset_parameters(["actor"], torch.Generator().manual_seed(0))
     weight = agent.actor.net.experts[1].weight  # [k, 512, 512]
@@ -368,15 +402,19 @@ def test_reset_refuses_unknown_parts() -> None:
 
 
 def test_registry_refuses_bad_names_and_options_in_one_sentence() -> None:
-    common = dict(hidden_dim=8, num_layers=2, num_tasks=K, shared_head=False, init="pytorch")
+    common = dict(hidden_dim=8, num_layers=2, num_tasks=K, shared_head=False, init="pytorch", layernorm=False)
     with pytest.raises(ValueError, match="Unknown network 'care'; choose one of multihead, moore, soft_modular, paco"):
-        network_factory("care", **common)
+        network_factory("care", options={}, **common)
     with pytest.raises(ValueError, match="has no option experts; its options are: num_experts"):
         network_factory("moore", options={"experts": 4}, **common)
-    with pytest.raises(ValueError, match=r"needs option.*num_parameter_sets"):
-        network_factory("paco", **common)
+    with pytest.raises(ValueError, match=r"needs option\(s\) identical_init, num_parameter_sets \(configs/agent"):
+        network_factory("paco", options={}, **common)
+    # Every option is required: none has a default outside configs/agent/network/<name>.yaml.
+    with pytest.raises(ValueError, match=r"'paco' needs option\(s\) identical_init \("):
+        network_factory("paco", options={"num_parameter_sets": 2}, **common)
     with pytest.raises(ValueError, match="heads=shared"):
-        network_factory("paco", options={"num_parameter_sets": 2}, **{**common, "shared_head": True})(4, 1)
+        paco = {"num_parameter_sets": 2, "identical_init": False}
+        network_factory("paco", options=paco, **{**common, "shared_head": True})(4, 1)
 
 
 # sha256 (first 16 hex digits) of the default agent's state dict and of its actor/critic outputs on
@@ -406,6 +444,10 @@ def test_default_agent_is_bit_identical_to_before(settings: tuple) -> None:
         init_temperature=1.0,
         log_std_min=-20.0,
         log_std_max=2.0,
+        network="multihead",
+        network_options={},
+        critic_hidden_dim=None,
+        critic_layernorm=False,
     )
     digest = hashlib.sha256()
     for name, tensor in agent.state_dict().items():
@@ -434,6 +476,13 @@ def test_every_network_config_builds_its_network() -> None:
         name = options.pop("name")
         assert name == path.stem
         net = network_factory(
-            name, hidden_dim=8, num_layers=2, num_tasks=K, shared_head=False, init="pytorch", options=options
+            name,
+            hidden_dim=8,
+            num_layers=2,
+            num_tasks=K,
+            shared_head=False,
+            init="pytorch",
+            layernorm=False,
+            options=options,
         )(OBS, 1)
         assert net(torch.randn(K, 2, OBS)).shape == (K, 2, 1)

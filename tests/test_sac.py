@@ -12,7 +12,8 @@ from mtrl_famo.agents import MultiHeadMLP, MultiTaskSAC, actor_loss, alpha_loss,
 
 def test_batched_heads_equal_each_head_alone():
     torch.manual_seed(0)
-    net = MultiHeadMLP(in_dim=5, out_dim=3, hidden_dim=16, num_layers=2, num_tasks=4, shared_head=False, init="pytorch")
+    shape = dict(in_dim=5, out_dim=3, hidden_dim=16, num_layers=2, num_tasks=4)
+    net = MultiHeadMLP(**shape, shared_head=False, init="pytorch", layernorm=False)
     x = torch.randn(4, 7, 5)
     batched = net(x)
     for k in range(4):
@@ -38,6 +39,10 @@ def _linear_agent() -> MultiTaskSAC:
         log_std_min=-2.0,
         log_std_max=0.0,
         discount=0.9,
+        network="multihead",
+        network_options={},
+        critic_hidden_dim=None,
+        critic_layernorm=False,
     )
     with torch.no_grad():
         # Q1_k(s, a) = w_s s + w_a a + b ; inputs are [s, a].

@@ -42,6 +42,10 @@ def shared_agent(alpha: str = "shared", init: str = "pytorch", seed: int = 0) ->
         init_temperature=0.7,
         log_std_min=-20.0,
         log_std_max=2.0,
+        network="multihead",
+        network_options={},
+        critic_hidden_dim=None,
+        critic_layernorm=False,
     ).double()
 
 
@@ -75,6 +79,7 @@ def test_shared_heads_and_temperature_leave_no_task_axis() -> None:
     per_task = MultiTaskSAC(
         OBS, ACT, K, heads="per_task", alpha="per_task", init="pytorch", hidden_dim=8, num_layers=2,
         discount=0.99, init_temperature=0.7, log_std_min=-20.0, log_std_max=2.0,
+        network="multihead", network_options={}, critic_hidden_dim=None, critic_layernorm=False,
     )  # fmt: skip
     shared_count = sum(p.numel() for p in agent.parameters())
     per_task_count = sum(p.numel() for p in per_task.parameters())
@@ -174,6 +179,7 @@ def test_xavier_init_gives_xavier_uniform_weights_and_zero_biases(shared_head: b
     agent = MultiTaskSAC(
         39, 4, 3, heads="shared" if shared_head else "per_task", alpha="per_task", init="xavier",
         hidden_dim=400, num_layers=3, discount=0.99, init_temperature=1.0, log_std_min=-20.0, log_std_max=2.0,
+        network="multihead", network_options={}, critic_hidden_dim=None, critic_layernorm=False,
     )  # fmt: skip
     linears = [m for m in agent.critic.q1.trunk if isinstance(m, nn.Linear)]
     for m in linears:
@@ -190,5 +196,6 @@ def test_xavier_init_gives_xavier_uniform_weights_and_zero_biases(shared_head: b
     pytorch = MultiTaskSAC(
         39, 4, 3, heads="per_task", alpha="per_task", init="pytorch",
         hidden_dim=400, num_layers=3, discount=0.99, init_temperature=1.0, log_std_min=-20.0, log_std_max=2.0,
+        network="multihead", network_options={}, critic_hidden_dim=None, critic_layernorm=False,
     )  # fmt: skip
     assert torch.count_nonzero(pytorch.critic.q1.trunk[0].bias) > 0  # the other law really differs

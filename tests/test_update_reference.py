@@ -49,6 +49,10 @@ def make_agent(heads: str) -> MultiTaskSAC:
         init_temperature=0.5,
         log_std_min=-5.0,
         log_std_max=1.0,
+        network="multihead",
+        network_options={},
+        critic_hidden_dim=None,
+        critic_layernorm=False,
     ).double()
     with torch.no_grad():  # target critics apart from the online ones, so that mixing them up shows
         for parameter in agent.critic_target.parameters():
@@ -214,7 +218,7 @@ def test_two_updates_equal_the_plain_formulation(method: str, heads: str) -> Non
 def test_single_output_heads_equal_a_per_task_matmul() -> None:
     """Q heads (one output) are a broadcast product and a sum: same values and gradients as `h @ W_k + b_k`."""
     torch.manual_seed(0)
-    net = MultiHeadMLP(5, 1, 16, 2, 4, shared_head=False, init="pytorch").double()
+    net = MultiHeadMLP(5, 1, 16, 2, 4, shared_head=False, init="pytorch", layernorm=False).double()
     x = torch.randn(4, 7, 5)
     out = net(x)
     features = net.trunk(x)

@@ -26,6 +26,10 @@ def tiny_agent(dtype: torch.dtype = torch.float64, seed: int = 0) -> MultiTaskSA
         init_temperature=1.0,
         log_std_min=-20.0,
         log_std_max=2.0,
+        network="multihead",
+        network_options={},
+        critic_hidden_dim=None,
+        critic_layernorm=False,
     ).to(dtype)
 
 
