@@ -6,10 +6,10 @@
 Shapes: K=10 tasks, observation 39 + the one-hot id (49), 4-dim actions, 128 transitions per task,
 each network at its published MT10 sizes (configs/agent/network/*.yaml: multihead 3 x 400; MOORE
 4 experts of 3 x 400; Soft Modularization 2 layers x 2 modules of 256, embedding 400, routing 256;
-PaCo 5 parameter sets of 3 x 400). The agent and learner are built directly (MultiTaskSAC +
-SACLearner with the configs' lr/tau/cadence) because the network is not yet a config key; balancers
-come from `mtrl_famo.balancers.make` with their config defaults, FAMO on the critic only (the actor
-on mtsac, as published), PCGrad and CAGrad on critic and actor. All (network, balancer) pairs are
+PaCo 5 parameter sets of 3 x 400). Each learner is what `python -m mtrl_famo.train env=mt10
+agent/network=<network> balancer=<balancer>` builds (scripts/bench_harness.py, the benchmarks' one
+builder): the balancers with their config options, FAMO on the critic only (the actor on mtsac, as
+published), PCGrad and CAGrad on critic and actor. All (network, balancer) pairs are
 timed in one run, interleaved round by round (scripts/bench_timing.py), and each ratio is the
 median over rounds of that round's ratio, so the ratios are comparable on a noisy machine:
 `x multihead` is the network's update over multi-head's with the same balancer, `x mtsac` the
@@ -29,67 +29,22 @@ import statistics
 from functools import partial
 
 import torch
+from bench_harness import compose_config, make_learner
 from bench_timing import interleaved_ms, time_ms
 
-from mtrl_famo.agents.sac import MultiTaskSAC
-from mtrl_famo.balancers import make
+from mtrl_famo.config import NETWORK_NAMES
 from mtrl_famo.learner import SACLearner
 from mtrl_famo.replay import TaskReplay
 
-K, OBS, ACT, BATCH, REPLAY_PER_TASK = 10, 39 + 10, 4, 128, 1000
-
-# name -> (hidden_dim, num_layers, options): the published MT10 sizes (configs/agent/network/).
-MT10 = {
-    "multihead": (400, 3, {}),
-    "moore": (400, 3, {"num_experts": 4}),
-    "soft_modular": (256, 2, {"num_modules": 2, "embedding_dim": 400, "routing_width": 256}),
-    "paco": (400, 3, {"num_parameter_sets": 5, "identical_init": False}),
-}
-# Which losses each balancer reweights (the others use mtsac), as the configs apply them.
-APPLIED_TO = {"famo": ("critic",)}
+K, BATCH = 10, 128
 
 
 def build(network: str, balancer: str, seed: int, device: torch.device) -> tuple[SACLearner, TaskReplay]:
-    hidden, layers, options = MT10[network]
-    torch.manual_seed(seed)
-    agent = MultiTaskSAC(
-        OBS,
-        ACT,
-        K,
-        heads="per_task",
-        alpha="per_task",
-        init="pytorch",
-        hidden_dim=hidden,
-        num_layers=layers,
-        discount=0.99,
-        init_temperature=1.0,
-        log_std_min=-20.0,
-        log_std_max=2.0,
-        network=network,
-        network_options=options,
-        critic_hidden_dim=None,
-        critic_layernorm=False,
-    ).to(device)
-    losses = APPLIED_TO.get(balancer, ("critic", "actor"))
-    # A balancer's ${seed} option (PCGrad's random order) takes the run's seed, as the CLI would give it.
-    seeded = {"seed": seed} if balancer == "pcgrad" else {}
-    balancers = {
-        loss: make(balancer, K, **seeded) if loss in losses else make("mtsac", K) for loss in ("critic", "actor")
-    }
-    generator = torch.Generator(device).manual_seed(seed)
-    learner = SACLearner(
-        agent, balancers, lr=3e-4, tau=0.005, actor_update_every=1, target_update_every=1, generator=generator
-    )
-    replay = TaskReplay(K, REPLAY_PER_TASK, OBS, ACT, device, generator)
-    for _ in range(REPLAY_PER_TASK):
-        replay.add(
-            obs=torch.randn(K, OBS),
-            action=torch.rand(K, ACT) * 2 - 1,
-            reward=torch.randn(K),
-            next_obs=torch.randn(K, OBS),
-            terminated=torch.zeros(K),
-        )
-    return learner, replay
+    """What `python -m mtrl_famo.train env=mt10 agent/network=<network> balancer=<balancer>` trains: the
+    network at its published MT10 sizes (configs/agent/network/, configs/per_benchmark/network/), the
+    balancer on the losses its config applies it to (FAMO: the critic)."""
+    config = compose_config(balancer, K, str(device), f"agent/network={network}", f"seed={seed}")
+    return make_learner(config, device)
 
 
 def parameter_count(learner: SACLearner) -> int:
@@ -105,7 +60,9 @@ def time_update(learner: SACLearner, replay: TaskReplay, device: torch.device) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--networks", nargs="*", default=list(MT10), help=f"subset of {', '.join(MT10)}")
+    parser.add_argument(
+        "--networks", nargs="*", default=list(NETWORK_NAMES), help=f"subset of {', '.join(NETWORK_NAMES)}"
+    )
     parser.add_argument("--balancers", nargs="*", default=["mtsac", "pcgrad", "famo", "cagrad"])
     parser.add_argument("--repeats", type=int, default=15, help="timed updates per (network, balancer)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed updates per pair first")
@@ -113,9 +70,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    unknown = sorted(set(args.networks) - set(MT10))
+    unknown = sorted(set(args.networks) - set(NETWORK_NAMES))
     if unknown:
-        parser.exit(2, f"error: unknown network(s) {', '.join(unknown)}; choose from {', '.join(MT10)}.\n")
+        parser.exit(2, f"error: unknown network(s) {', '.join(unknown)}; choose from {', '.join(NETWORK_NAMES)}.\n")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -133,7 +90,7 @@ def main() -> None:
 
     print(
         f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} "
-        f"K={K} obs={OBS} action={ACT} batch/task={BATCH}"
+        f"K={K} (env=mt10) batch/task={BATCH}"
     )
     print(f"{'network':<13} {'params':>10} {'balancer':<8} {'ms/update':>10} {'x multihead':>12} {'x mtsac':>8}")
     for n in networks:
