@@ -1,4 +1,4 @@
-"""Sweep report: compare balancers across seeds from the runs' own TensorBoard files.
+"""Sweep report: compare balancers and networks across seeds from the runs' own TensorBoard files.
 
 `python -m mtrl_famo.report <sweep dir> [--out DIR] [--reps N] [--seed S]` finds every run under
 the sweep directory (a directory holding the trainer's `config.yaml` and event files), reads the
@@ -7,19 +7,22 @@ shows, including the purge of steps an interrupted attempt logged after its last
 and writes `report.md`, `report.json` and `success_curves.png` into `--out` (default: the sweep
 directory). Nothing else is written, moved or deleted.
 
-What a run is (experiment, env, balancer, seed, requested steps and its protocol) comes from its
-saved config, never from the path. Runs are grouped by (experiment, env, balancer): `experiment` is
-the preset the run was launched with (configs/experiment/<name>.yaml, e.g. none, cagrad_paper).
-Every group, in report.md and report.json, says its experiment and evaluation protocol
-(`eval.protocol` and `eval.episodes` per task); a group whose runs differ in any protocol-defining
-setting (PROTOCOL_KEYS) gets a warning naming the setting and which seeds have which value, since
-its numbers then average different protocols. Only complete runs enter the aggregates; incomplete
-ones are listed with how far they got.
+What a run is (experiment, env, network, balancer, seed, requested steps and its protocol) comes
+from its saved config, never from the path. Runs are grouped by (experiment, env, network, balancer):
+`experiment` is the preset the run was launched with (configs/experiment/<name>.yaml, e.g. none,
+cagrad_paper), `network` the actor's and critics' network (`agent.network.name`, the agent/network
+group: multihead, moore, ...). Every group, in report.md and report.json, says its experiment and
+evaluation protocol (`eval.protocol` and `eval.episodes` per task); a group whose runs differ in any
+protocol-defining setting (PROTOCOL_KEYS) gets a warning naming the setting and which seeds have
+which value, since its numbers then average different protocols (`agent.network` is one of them:
+runs of one network with different options, e.g. agent.network.num_experts, are warned about). Only
+complete runs enter the aggregates; incomplete ones are listed with how far they got.
 
-A config.yaml without `experiment` or `eval.protocol` comes from an older version of mtrl_famo and is
-not read: its run is listed as skipped with that reason, never filled in with a guess. Other protocol
-settings a config lacks (env.goals, agent.heads, ...) read as not recorded (null), and a group mixing
-them with recorded values is warned about like any other difference.
+A config.yaml without `experiment`, `eval.protocol` or `agent.network.name` (REQUIRED_KEYS) comes
+from an older version of mtrl_famo and is not read: its run is listed as skipped with that reason,
+never filled in with a guess. Other protocol settings a config lacks (env.goals, agent.heads, ...)
+read as not recorded (null), and a group mixing them with recorded values is warned about like any
+other difference.
 
 Confidence intervals are 95% percentile bootstraps over seeds from rliable's stratified bootstrap
 (`get_interval_estimates`, seeded so a report is reproducible): each seed's number is its mean
@@ -61,7 +64,7 @@ DEFAULT_REPS = 2000
 # schema's `protocol` role (mtrl_famo.config).
 PROTOCOL_KEYS = keys_with_role("protocol")
 # Keys every config.yaml of this version records; a config without them is of an older version (not read).
-REQUIRED_KEYS = ("experiment", "eval.protocol")
+REQUIRED_KEYS = ("experiment", "eval.protocol", "agent.network.name")
 
 
 class ReportError(ValueError):
@@ -89,6 +92,7 @@ class RunRecord:
     run_dir: Path
     experiment: str  # the preset (configs/experiment/) the run was launched with
     env: str
+    network: str  # agent.network.name: the actor's and critics' network (configs/agent/network/)
     balancer: str
     seed: int
     steps: int  # requested environment steps per task (from the saved config)
@@ -188,6 +192,7 @@ class RunConfig:
 
     experiment: str
     env: str
+    network: str  # agent.network.name
     balancer: str
     seed: int
     steps: int
@@ -214,10 +219,11 @@ def _scalar(value: Any) -> Any:
 
 
 def read_config(run_dir: Path) -> RunConfig:
-    """Experiment, env, balancer, seed, requested steps and protocol settings from the saved config.
+    """Experiment, env, network, balancer, seed, requested steps and protocol settings from the saved config.
 
-    A config without `experiment` or `eval.protocol` (REQUIRED_KEYS) is of an older version: ReportError
-    in one sentence. Any other protocol setting it lacks reads as None (not recorded), never as a guess.
+    A config without `experiment`, `eval.protocol` or `agent.network.name` (REQUIRED_KEYS) is of an older
+    version: ReportError in one sentence. Any other protocol setting it lacks reads as None (not recorded),
+    never as a guess. The network is read from here, never from the run's path.
     """
     from omegaconf import OmegaConf
 
@@ -240,7 +246,8 @@ def read_config(run_dir: Path) -> RunConfig:
         value = _lookup(cfg, key)
         values[key] = None if value is _ABSENT else _scalar(value)
     experiment = str(values.pop("experiment"))
-    return RunConfig(experiment, env, balancer, seed, steps, values)
+    network = str(_lookup(cfg, "agent.network.name"))
+    return RunConfig(experiment, env, network, balancer, seed, steps, values)
 
 
 def read_marker(run_dir: Path) -> dict[str, Any] | None:
@@ -284,6 +291,7 @@ def load_run(run_dir: Path) -> RunRecord:
         run_dir,
         config.experiment,
         config.env,
+        config.network,
         config.balancer,
         config.seed,
         config.steps,
@@ -379,6 +387,7 @@ def _run_json(run: RunRecord) -> dict[str, Any]:
     return {
         "experiment": run.experiment,
         "env": run.env,
+        "network": run.network,
         "balancer": run.balancer,
         "seed": run.seed,
         "steps": run.steps,
@@ -397,21 +406,21 @@ def _distinct(values: Iterable[Any]) -> list[Any]:
     return sorted(set(values), key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
 
 
-GroupKey = tuple[str, str, str]  # (experiment, env, balancer)
+GroupKey = tuple[str, str, str, str]  # (experiment, env, network, balancer)
 
 
 def group_label(key: GroupKey) -> str:
-    """'experiment/env/balancer', as warnings name a group."""
+    """'experiment/env/network/balancer', as warnings name a group."""
     return "/".join(key)
 
 
 def summarise_group(key: GroupKey, runs: Sequence[RunRecord], reps: int, seed: int) -> dict[str, Any]:
-    """One experiment × env × balancer row: statistics over its complete seeds only.
+    """One experiment × env × network × balancer row: statistics over its complete seeds only.
 
     `protocol` holds every PROTOCOL_KEYS setting as the list of values its runs used (one value
     when they agree); `eval_protocol` and `eval_episodes` repeat the evaluation's two for the table.
     """
-    experiment, env, balancer = key
+    experiment, env, network, balancer = key
     done = sorted((run for run in runs if run.complete), key=lambda run: run.seed)
     final = [run.final_success for run in done]
     best = [run.best_success for run in done]
@@ -423,6 +432,7 @@ def summarise_group(key: GroupKey, runs: Sequence[RunRecord], reps: int, seed: i
     return {
         "experiment": experiment,
         "env": env,
+        "network": network,
         "balancer": balancer,
         "eval_protocol": protocol["eval.protocol"],
         "eval_episodes": protocol["eval.episodes"],
@@ -505,10 +515,10 @@ def compute_report(sweep_dir: Path | str, reps: int = DEFAULT_REPS, seed: int = 
             f"No runs found under {sweep_dir}; expected directories holding a {CONFIG_FILE} and "
             f"TensorBoard event files ({EVENTS_PREFIX}*)."
         )
-    runs.sort(key=lambda run: (run.experiment, run.env, run.balancer, run.seed, str(run.run_dir)))
+    runs.sort(key=lambda run: (run.experiment, run.env, run.network, run.balancer, run.seed, str(run.run_dir)))
     groups: dict[GroupKey, list[RunRecord]] = {}
     for run in runs:
-        groups.setdefault((run.experiment, run.env, run.balancer), []).append(run)
+        groups.setdefault((run.experiment, run.env, run.network, run.balancer), []).append(run)
     rows = [summarise_group(key, members, reps, seed) for key, members in sorted(groups.items())]
     return {
         "sweep_dir": str(sweep_dir.resolve()),
@@ -586,6 +596,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     header = [
         "experiment",
         "env",
+        "network",
         "balancer",
         "protocol",
         "steps",
@@ -598,6 +609,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         [
             g["experiment"],
             g["env"],
+            g["network"],
             g["balancer"],
             format_protocol(g),
             ", ".join(map(str, g["steps"])),
@@ -616,17 +628,18 @@ def render_markdown(report: dict[str, Any]) -> str:
             continue
         lines += ["", f"## Final success per task: {env}, experiment {experiment}", ""]
         lines += _table(
-            ["balancer", *tasks],
-            [[g["balancer"], *(pct(g["final_success_per_task"].get(t)) for t in tasks)] for g in groups],
+            ["network", "balancer", *tasks],
+            [[g["network"], g["balancer"], *(pct(g["final_success_per_task"].get(t)) for t in tasks)] for g in groups],
         )
     if report["incomplete"]:
         lines += ["", "## Incomplete runs (excluded from the tables above)", ""]
         lines += _table(
-            ["experiment", "env", "balancer", "seed", "last eval step / requested", "why", "run dir"],
+            ["experiment", "env", "network", "balancer", "seed", "last eval step / requested", "why", "run dir"],
             [
                 [
                     r["experiment"],
                     r["env"],
+                    r["network"],
                     r["balancer"],
                     r["seed"],
                     f"{'—' if r['last_step'] is None else r['last_step']} / {r['steps']}",
@@ -652,8 +665,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def curve_label(group: dict[str, Any]) -> str:
+    """A group's legend entry: 'network/balancer, protocol (n=complete seeds)'."""
+    return f"{group['network']}/{group['balancer']}, {format_protocol(group)} (n={group['n_complete']})"
+
+
 def render_curves(report: dict[str, Any]) -> bytes:
-    """success_curves.png: one subplot per experiment × env, one curve + band per balancer (Agg, no pyplot state)."""
+    """success_curves.png: one subplot per experiment × env, one curve + band per network × balancer (Agg, no
+    pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -673,7 +692,7 @@ def render_curves(report: dict[str, Any]) -> bytes:
                 100 * np.asarray(curve["mean"]),
                 marker="o",
                 markersize=3,
-                label=f"{group['balancer']}, {format_protocol(group)} (n={group['n_complete']})",
+                label=curve_label(group),
             )
             ax.fill_between(
                 steps,
@@ -738,7 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.sweep_dir
     complete = sum(g["n_complete"] for g in report["groups"])
     print(
-        f"report: {len(report['groups'])} experiment×env×balancer groups, {complete} complete runs, "
+        f"report: {len(report['groups'])} experiment×env×network×balancer groups, {complete} complete runs, "
         f"{len(report['incomplete'])} incomplete; wrote {out / REPORT_MD}, {out / REPORT_JSON}, {out / CURVES_PNG}"
     )
     return 0

@@ -25,6 +25,7 @@ from mtrl_famo.report import (
     build_report,
     completion,
     compute_report,
+    curve_label,
     read_config,
     read_scalars,
 )
@@ -50,7 +51,14 @@ OTHER_PROTOCOL = {
     "env.reward_normalization": "running_std",
     "agent.heads": "shared",
     "agent.alpha": "shared",
+    "agent.critic_layernorm": True,
+    "agent.reset_every": 1000,
+    "agent.reset": ["critic"],
+    "agent.network": {"name": "moore", "num_experts": 6},
 }
+# A network other than write_config's is another group, not a protocol difference within one: for the
+# warning, the group's runs share a network name and differ in its options.
+WITHIN_GROUP = {"agent.network": ({"name": "moore", "num_experts": 4}, {"name": "moore", "num_experts": 6})}
 # The keys a config.yaml written before the protocol was recorded lacks.
 LEGACY_ABSENT = (
     "experiment",
@@ -74,11 +82,13 @@ def write_config(
     experiment: str = "none",
     settings: dict | None = None,
     absent: tuple[str, ...] = (),
+    network: str = "multihead",
 ) -> None:
     """config.yaml with the trainer's structure (the resolved Hydra config, saved with OmegaConf).
 
     `settings` overrides dotted keys (e.g. {"eval.protocol": "metaworld"}); `absent` names
-    dotted keys to leave out (e.g. LEGACY_ABSENT: a config from before the protocol keys existed).
+    dotted keys to leave out (e.g. LEGACY_ABSENT: a config from before the protocol keys existed);
+    `network` is agent.network.name (a network with options: settings={"agent.network": {...}}).
     """
     cfg = OmegaConf.create(
         {
@@ -100,6 +110,10 @@ def write_config(
                 "num_layers": 2,
                 "batch_size_per_task": 16,
                 "warmup_steps": 40,
+                "critic_layernorm": False,
+                "reset_every": 0,
+                "reset": ["actor", "critic"],
+                "network": {"name": network},
             },
             "balancer": {"name": balancer, "apply_to": ["critic"], "options": {}},
             "experiment": experiment,
@@ -218,9 +232,11 @@ def snapshot(root: Path) -> dict[str, str]:
     }
 
 
-def group(report: dict, env: str, balancer: str, experiment: str = "none") -> dict:
+def group(report: dict, env: str, balancer: str, experiment: str = "none", network: str = "multihead") -> dict:
     (match,) = [
-        g for g in report["groups"] if (g["experiment"], g["env"], g["balancer"]) == (experiment, env, balancer)
+        g
+        for g in report["groups"]
+        if (g["experiment"], g["env"], g["network"], g["balancer"]) == (experiment, env, network, balancer)
     ]
     return match
 
@@ -312,7 +328,8 @@ def test_resumed_run_merges_files_and_keeps_the_last_value_of_a_repeated_step(sw
     assert series.steps.tolist() == [100, 200, 300]
     assert series.values.tolist() == pytest.approx([np.mean(want[s]) for s in (100, 200, 300)], abs=1e-6)
     (record,) = [r for r in report["runs"] if r["run_dir"] == str(run_dir)]
-    assert (record["env"], record["balancer"], record["seed"], record["complete"]) == ("custom", "famo", 4, True)
+    assert (record["env"], record["network"], record["balancer"], record["seed"]) == ("custom", "multihead", "famo", 4)
+    assert record["complete"]
     assert len(report["runs"]) == 5 + 4 + 3  # the .hydra/config.yaml copy is no run
     assert report["skipped"] == [] and report["warnings"] == []
 
@@ -338,7 +355,7 @@ def test_curves_are_mean_over_seeds_at_common_steps(sweep):
 
 
 # ----- files ----------------------------------------------------------------------------------
-MAIN_HEADER = "| experiment | env | balancer | protocol | steps | seeds |"
+MAIN_HEADER = "| experiment | env | network | balancer | protocol | steps | seeds |"
 
 
 def main_table(markdown: str) -> list[list[str]]:
@@ -348,22 +365,22 @@ def main_table(markdown: str) -> list[list[str]]:
     return [[cell.strip() for cell in row.split("|")[1:-1]] for row in lines[start : lines.index("", start)]]
 
 
-def test_markdown_has_one_row_per_experiment_env_and_balancer_with_the_json_numbers(sweep):
+def test_markdown_has_one_row_per_experiment_env_network_and_balancer_with_the_json_numbers(sweep):
     root, _, report, _ = sweep
     markdown = (root / REPORT_MD).read_text()
     rows = main_table(markdown)
-    assert [tuple(row[:5]) for row in rows] == [
-        ("none", "custom", "famo", "any_success, 10 episodes", str(STEPS)),
-        ("none", "custom", "mtsac", "any_success, 10 episodes", str(STEPS)),
-        ("none", "mt1", "cagrad", "any_success, 10 episodes", str(STEPS)),
-        ("none", "mt1", "pcgrad", "any_success, 10 episodes", str(STEPS)),
+    assert [tuple(row[:6]) for row in rows] == [
+        ("none", "custom", "multihead", "famo", "any_success, 10 episodes", str(STEPS)),
+        ("none", "custom", "multihead", "mtsac", "any_success, 10 episodes", str(STEPS)),
+        ("none", "mt1", "multihead", "cagrad", "any_success, 10 episodes", str(STEPS)),
+        ("none", "mt1", "multihead", "pcgrad", "any_success, 10 episodes", str(STEPS)),
     ]
     famo = group(report, "custom", "famo")
     low, high = famo["final_success"]["ci"]
-    assert f"{100 * famo['final_success']['point']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in rows[0][6]
-    assert rows[2][6] == "50.0 [50.0, 50.0] (degenerate)"
+    assert f"{100 * famo['final_success']['point']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in rows[0][7]
+    assert rows[2][7] == "50.0 [50.0, 50.0] (degenerate)"
     assert "## Final success per task: custom, experiment none" in markdown
-    per_task_row = next(line for line in markdown.splitlines() if line.startswith("| famo |"))
+    per_task_row = next(line for line in markdown.splitlines() if line.startswith("| multihead | famo |"))
     for task in TASKS:
         assert f"{100 * famo['final_success_per_task'][task]:.1f}" in per_task_row
     assert json.loads((root / REPORT_JSON).read_text()) == report
@@ -381,7 +398,18 @@ DEFAULT_PROTOCOL = {
     "env.reward_normalization": "none",
     "agent.heads": "per_task",
     "agent.alpha": "per_task",
+    "agent.critic_layernorm": False,
+    "agent.reset_every": 0,
+    "agent.reset": ["actor", "critic"],
+    "agent.network": {"name": "multihead"},
 }
+
+
+def recorded(value):
+    """A setting as the report records it: a nested value (the network section, agent.reset) as its JSON text."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
 # The presets' protocol settings (configs/experiment/*.yaml), eval.every left at the test's.
 PRESETS = {
     "cagrad_paper": {
@@ -429,28 +457,28 @@ def test_runs_of_different_experiments_are_separate_groups_that_say_their_protoc
     # Precondition: pooling any two experiments would change their means.
     assert len({round(float(np.mean(values)), 6) for values in finals.values()}) == 3
     report = build_report(tmp_path, reps=REPS)
-    keys = [(g["experiment"], g["env"], g["balancer"]) for g in report["groups"]]
+    keys = [(g["experiment"], g["env"], g["network"], g["balancer"]) for g in report["groups"]]
     assert keys == [
-        ("cagrad_paper", "custom", "famo"),
-        ("metaworld_plus", "custom", "famo"),
-        ("none", "custom", "famo"),
+        ("cagrad_paper", "custom", "multihead", "famo"),
+        ("metaworld_plus", "custom", "multihead", "famo"),
+        ("none", "custom", "multihead", "famo"),
     ]
     for experiment, experiment_seeds in seeds.items():
         row = group(report, "custom", "famo", experiment)
         assert row["seeds_complete"] == experiment_seeds
         assert row["final_success"]["point"] == pytest.approx(np.mean(finals[experiment]), abs=1e-6)
         want = {**DEFAULT_PROTOCOL, **PRESETS.get(experiment, {})}
-        assert row["protocol"] == {key: [value] for key, value in want.items()}
+        assert row["protocol"] == {key: [recorded(value)] for key, value in want.items()}
         assert (row["eval_protocol"], row["eval_episodes"]) == ([want["eval.protocol"]], [want["eval.episodes"]])
         assert row["protocol_consistent"] is True
     # Seed 0 of each experiment is no duplicate, and nothing differs within a group.
     assert report["warnings"] == []
     assert {(r["experiment"], r["seed"]) for r in report["runs"]} == {(e, s) for e in seeds for s in seeds[e]}
     markdown = (tmp_path / REPORT_MD).read_text()
-    assert [row[:4] for row in main_table(markdown)] == [
-        ["cagrad_paper", "custom", "famo", "any_success, 1 episodes"],
-        ["metaworld_plus", "custom", "famo", "metaworld, 50 episodes"],
-        ["none", "custom", "famo", "any_success, 10 episodes"],
+    assert [row[:5] for row in main_table(markdown)] == [
+        ["cagrad_paper", "custom", "multihead", "famo", "any_success, 1 episodes"],
+        ["metaworld_plus", "custom", "multihead", "famo", "metaworld, 50 episodes"],
+        ["none", "custom", "multihead", "famo", "any_success, 10 episodes"],
     ]
     for experiment in seeds:
         assert f"## Final success per task: custom, experiment {experiment}" in markdown
@@ -460,22 +488,23 @@ def test_runs_of_different_experiments_are_separate_groups_that_say_their_protoc
 @pytest.mark.parametrize("key", sorted(OTHER_PROTOCOL))
 def test_a_protocol_setting_that_differs_within_a_group_is_warned(tmp_path, key):
     rng = np.random.default_rng(11)
+    usual, other = WITHIN_GROUP.get(key, (DEFAULT_PROTOCOL[key], OTHER_PROTOCOL[key]))
     for seed in (0, 1, 2):
-        settings = {key: OTHER_PROTOCOL[key]} if seed == 1 else None
+        settings = {key: other if seed == 1 else usual}
         write_complete_run(tmp_path / f"seed={seed}", seed, rng, experiment="cagrad_paper", settings=settings)
     report = build_report(tmp_path, reps=REPS)
     (row,) = report["groups"]
     assert row["experiment"] == "cagrad_paper" and row["seeds_complete"] == [0, 1, 2]
-    assert sorted(map(str, row["protocol"][key])) == sorted(map(str, [DEFAULT_PROTOCOL[key], OTHER_PROTOCOL[key]]))
+    assert sorted(map(str, row["protocol"][key])) == sorted(map(str, map(recorded, [usual, other])))
     assert row["protocol_consistent"] is False
     (warning,) = report["warnings"]
-    assert warning.startswith("cagrad_paper/custom/famo: ") and f" {key} (" in warning
-    assert f"{DEFAULT_PROTOCOL[key]}: seeds 0, 2" in warning and f"{OTHER_PROTOCOL[key]}: seed 1" in warning
+    assert warning.startswith(f"cagrad_paper/custom/{row['network']}/famo: ") and f" {key} (" in warning
+    assert f"{recorded(usual)}: seeds 0, 2" in warning and f"{recorded(other)}: seed 1" in warning
     markdown = (tmp_path / REPORT_MD).read_text()
     (table_row,) = main_table(markdown)
-    assert table_row[3].endswith("(mixed: see warnings)")
+    assert table_row[4].endswith("(mixed: see warnings)")
     if key in ("eval.protocol", "eval.episodes"):
-        assert "any_success/metaworld" in table_row[3] or "10/50 episodes" in table_row[3]
+        assert "any_success/metaworld" in table_row[4] or "10/50 episodes" in table_row[4]
     assert f"- {warning}" in markdown
 
 
@@ -506,6 +535,73 @@ def test_configs_of_an_older_version_are_skipped_and_unrecorded_settings_are_not
     for key, warning in zip(sorted(unrecorded, key=PROTOCOL_KEYS.index), report["warnings"]):
         assert f" {key} (" in warning and "not recorded: seeds 0, 1" in warning
         assert f"{DEFAULT_PROTOCOL[key]}: seed 2" in warning
+
+
+def test_runs_of_two_networks_are_two_groups_named_by_their_network(tmp_path):
+    """The network comes from each run's config.yaml (a path may say nothing, or something else)."""
+    rng = np.random.default_rng(5)
+    moore = {"name": "moore", "num_experts": 4}
+    finals = {
+        "multihead": [
+            write_complete_run(tmp_path / "custom" / "multihead" / "famo" / f"seed={seed}", seed, rng)
+            for seed in (0, 1, 2)
+        ],
+        # Filed under a path that names the other network: the report must not believe it.
+        "moore": [
+            write_complete_run(
+                tmp_path / "misfiled" / "multihead" / f"seed={seed}",
+                seed,
+                rng,
+                network="moore",
+                settings={"agent.network": moore},
+            )
+            for seed in (0, 1, 2)
+        ],
+    }
+    incomplete = tmp_path / "custom" / "moore" / "famo" / "seed=3"
+    write_config(incomplete, "custom", "famo", 3, settings={"agent.network": moore})
+    write_events(incomplete, random_evals(rng, steps=[100]), wall0=1000.0, order=0)
+    # Precondition: pooling the two networks would change both means.
+    assert round(float(np.mean(finals["multihead"])), 6) != round(float(np.mean(finals["moore"])), 6)
+    report = build_report(tmp_path, reps=REPS)
+    keys = [(g["experiment"], g["env"], g["network"], g["balancer"]) for g in report["groups"]]
+    assert keys == [("none", "custom", "moore", "famo"), ("none", "custom", "multihead", "famo")]
+    for network, values in finals.items():
+        row = group(report, "custom", "famo", network=network)
+        assert row["seeds_complete"] == [0, 1, 2]
+        assert row["final_success"]["point"] == pytest.approx(np.mean(values), abs=1e-6)
+        assert row["protocol"]["agent.network"] == [recorded(moore if network == "moore" else {"name": network})]
+        assert row["protocol_consistent"] is True
+        assert curve_label(row).startswith(f"{network}/famo, any_success, 10 episodes (n=3)")
+    assert group(report, "custom", "famo", network="moore")["seeds_incomplete"] == [3]
+    assert report["warnings"] == []  # one seed per network is no duplicate; the network is no mismatch
+    assert {(r["network"], r["seed"], r["complete"]) for r in report["runs"]} == {
+        *(("multihead", seed, True) for seed in (0, 1, 2)),
+        *(("moore", seed, True) for seed in (0, 1, 2)),
+        ("moore", 3, False),
+    }
+    markdown = (tmp_path / REPORT_MD).read_text()
+    assert [row[:5] for row in main_table(markdown)] == [
+        ["none", "custom", "moore", "famo", "any_success, 10 episodes"],
+        ["none", "custom", "multihead", "famo", "any_success, 10 episodes"],
+    ]
+    lines = markdown.splitlines()
+    assert "| network | balancer | pick-place-v3 | push-v3 | reach-v3 |" in lines
+    assert any(line.startswith("| moore | famo | ") for line in lines)
+    assert any(line.startswith("| multihead | famo | ") for line in lines)
+    assert any(line.startswith("| none | custom | moore | famo | 3 | 100 / 300 |") for line in lines)
+
+
+def test_a_config_without_the_network_is_skipped_as_an_older_version(tmp_path):
+    rng = np.random.default_rng(4)
+    write_complete_run(tmp_path / "no-network", 0, rng, absent=("agent.network",))
+    write_complete_run(tmp_path / "good", 0, rng)
+    with pytest.raises(ReportError, match=r"lacks agent\.network\.name: it was written by an older version"):
+        read_config(tmp_path / "no-network")
+    report = compute_report(tmp_path, reps=REPS)
+    assert [r["run_dir"] for r in report["runs"]] == [str(tmp_path / "good")]
+    (skipped,) = report["skipped"]
+    assert skipped["run_dir"] == str(tmp_path / "no-network") and "agent.network.name" in skipped["reason"]
 
 
 def test_png_is_written_and_nothing_else_changes(sweep):
@@ -574,7 +670,8 @@ def test_report_of_a_real_tiny_sweep_matches_its_event_files(tmp_path):
     assert row["protocol"]["env.max_episode_steps"] == [40] and row["protocol"]["eval.every"] == [20]
     assert all(len(values) == 1 and values[0] is not None for values in row["protocol"].values())
     assert report["warnings"] == []
-    data = [tb_scalars(sweep_dir / "custom" / "mtsac" / f"seed={seed}", ("eval/success_rate",)) for seed in (0, 1)]
+    runs = sweep_dir / "custom" / "multihead" / "mtsac"  # the default layout: <env>/<network>/<balancer>/seed=<n>
+    data = [tb_scalars(runs / f"seed={seed}", ("eval/success_rate",)) for seed in (0, 1)]
     final = [d["eval/success_rate"][-1] for d in data]
     # Precondition (tests/hooks scripts success from the real returns): final, best, first, per-task
     # and per-seed values differ, so a report that mixed them up could not match.
