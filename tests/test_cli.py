@@ -19,7 +19,7 @@ from conftest import TINY_RUN, run_cli, tb_scalars
 @pytest.fixture(scope="module")
 def tiny_run(tiny_cli_run):
     cwd, result = tiny_cli_run("famo")
-    return cwd / "runs" / "custom" / "famo" / "seed=0", result
+    return cwd / "runs" / "custom" / "multihead" / "famo" / "seed=0", result
 
 
 def test_run_writes_tensorboard_with_success_tags(tiny_run):
@@ -52,10 +52,39 @@ def test_run_saves_resolved_config_and_summary(tiny_run):
 
 
 def test_default_run_dir_is_deterministic(tiny_cli_run):
-    cwd, result = tiny_cli_run("mtsac")  # no run_dir given: runs/<env>/<balancer>/seed=<n>
-    assert sorted(str(p.relative_to(cwd)) for p in cwd.glob("runs/*/*/*")) == ["runs/custom/mtsac/seed=0"]
-    assert (cwd / "runs" / "custom" / "mtsac" / "seed=0" / "summary.json").exists()
-    assert "run dir runs/custom/mtsac/seed=0" in result.stdout
+    cwd, result = tiny_cli_run("mtsac")  # no run_dir given: runs/<env>/<network>/<balancer>/seed=<n>
+    assert sorted(str(p.relative_to(cwd)) for p in cwd.glob("runs/*/*/*/*")) == ["runs/custom/multihead/mtsac/seed=0"]
+    assert (cwd / "runs" / "custom" / "multihead" / "mtsac" / "seed=0" / "summary.json").exists()
+    assert "run dir runs/custom/multihead/mtsac/seed=0" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_network_sweep_gives_each_network_its_own_run_dir_and_report_group(tmp_path):
+    """`-m agent/network=multihead,moore`: one job per network, none refused as another run's checkpoint
+    (the sweep sub-directory names the network), and the report groups them by network."""
+    from mtrl_famo.report import compute_report
+
+    sweep = tmp_path / "multirun"
+    result = run_cli(
+        "-m",
+        *TINY_RUN,
+        "steps=60",
+        "agent/network=multihead,moore",
+        "balancer=mtsac",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for network in ("multihead", "moore"):
+        run_dir = sweep / "custom" / network / "mtsac" / "seed=0"
+        assert json.loads((run_dir / "summary.json").read_text())["complete"], network
+        assert f"name: {network}" in (run_dir / "config.yaml").read_text()
+    report = compute_report(sweep, reps=50)
+    assert [(g["network"], g["balancer"], g["seeds_complete"]) for g in report["groups"]] == [
+        ("moore", "mtsac", [0]),
+        ("multihead", "mtsac", [0]),
+    ]
+    assert report["skipped"] == [] and report["warnings"] == []
 
 
 def test_same_seed_same_losses(tiny_run, tmp_path):

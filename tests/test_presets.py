@@ -65,8 +65,20 @@ def test_preset_composes_to_what_its_file_says(name: str) -> None:
         assert config_value(config, dotted) == value, dotted
         checked += 1
     assert checked >= (0 if name == "none" else 5)
-    expected_dir = "runs/mt10/mtsac/seed=0" if name == "none" else f"runs/{name}/mt10/mtsac/seed=0"
+    expected_dir = "runs/mt10/multihead/mtsac/seed=0" if name == "none" else f"runs/{name}/mt10/multihead/mtsac/seed=0"
     assert config.run_dir == expected_dir  # presets never share (or resume) each other's runs
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_run_dir_and_sweep_subdir_have_the_same_levels(name: str) -> None:
+    """A single run and a sweep's job lay out <experiment>/<env>/<network>/<balancer>/seed=<n> alike."""
+    top = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())
+    preset = yaml.safe_load((CONFIG_DIR / "experiment" / f"{name}.yaml").read_text())
+    run_dir = preset.get("run_dir", top["run_dir"])
+    subdir = preset.get("hydra", {}).get("sweep", {}).get("subdir", top["hydra"]["sweep"]["subdir"])
+    assert run_dir == f"runs/{subdir}"
+    levels = "${env.name}/${agent.network.name}/${balancer.name}/seed=${seed}"
+    assert subdir == (levels if name == "none" else f"${{experiment}}/{levels}")
 
 
 @pytest.mark.parametrize("name", PRESETS)
