@@ -3,12 +3,14 @@
     python scripts/learning_check.py                          # mtsac, seed 0, 30 minutes
     python scripts/learning_check.py --balancer famo --minutes 30 --json
     python scripts/learning_check.py --balancer pcgrad --seed 1 -- agent.hidden_dim=128
+    python scripts/learning_check.py --balancer famo -- agent/network=moore
 
 The run is an ordinary CLI run (`experiment=smoke env=mt10 balancer=<name>`, device=cpu) that
 stops at the first episode end after `--minutes`, evaluates (the preset's 10 deterministic
-episodes per task, success at any step) and checkpoints; its run directory holds the TensorBoard
-curves. Printed: success per task and the mean, environment steps per task reached, and the
-run's throughput. Extra Hydra overrides after `--` are passed on.
+episodes per task, success at any step) and checkpoints; its run directory (default: the preset's,
+runs/smoke/mt10/<network>/<balancer>/seed=<n>) holds the TensorBoard curves. Printed: the network,
+success per task and the mean, environment steps per task reached, and the run's throughput. Extra
+Hydra overrides after `--` are passed on.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--run-dir", default=None, help="default: the preset's run dir; must hold no files")
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        help="default: the preset's, runs/smoke/mt10/<network>/<balancer>/seed=<n>; must hold no files",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (after --)")
     return parser.parse_args(argv)
@@ -67,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = trainer.train(callbacks=[WallClockLimit(args.minutes * 60.0)])
     seconds = time.perf_counter() - started
     per_task = summary["eval_success_rate_per_task"]
+    network = config.agent.network["name"]
     report = {
+        "network": network,
         "balancer": args.balancer,
         "seed": args.seed,
         "minutes": args.minutes,
@@ -83,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
         return 0
     print(
-        f"balancer={args.balancer} seed={args.seed}: {summary['env_steps']} steps per task in {seconds / 60:.1f} min "
+        f"network={network} balancer={args.balancer} seed={args.seed}: "
+        f"{summary['env_steps']} steps per task in {seconds / 60:.1f} min "
         f"({report['vector_steps_per_s']} vector steps/s, {report['torch_threads']} torch threads)"
     )
     width = max(map(len, per_task))
