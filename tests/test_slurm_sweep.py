@@ -161,11 +161,16 @@ def sweep(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def test_sweep_runs_land_in_deterministic_dirs(sweep: Path) -> None:
     runs = sorted(str(p.parent.relative_to(sweep)) for p in sweep.glob("**/summary.json"))
-    assert runs == ["custom/famo/seed=0", "custom/famo/seed=1", "custom/mtsac/seed=0", "custom/mtsac/seed=1"]
+    assert runs == [  # <env>/<network>/<balancer>/seed=<n>
+        "custom/multihead/famo/seed=0",
+        "custom/multihead/famo/seed=1",
+        "custom/multihead/mtsac/seed=0",
+        "custom/multihead/mtsac/seed=1",
+    ]
     for run in runs:
         data = assert_complete_run(sweep / run)
         config = (sweep / run / "config.yaml").read_text()
-        assert f"name: {run.split('/')[1]}" in config and "${" not in config
+        assert "name: multihead" in config and f"name: {run.split('/')[2]}" in config and "${" not in config
         assert "eval/success_rate/reach-v3" in data and "loss/critic" in data
 
 
@@ -180,16 +185,16 @@ def test_report_of_the_sweep_matches_its_event_files(sweep: Path, tmp_path: Path
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / REPORT_JSON).read_text())
-    assert [(g["env"], g["balancer"], g["n_complete"]) for g in report["groups"]] == [
-        ("custom", "famo", 2),
-        ("custom", "mtsac", 2),
+    assert [(g["env"], g["network"], g["balancer"], g["n_complete"]) for g in report["groups"]] == [
+        ("custom", "multihead", "famo", 2),
+        ("custom", "multihead", "mtsac", 2),
     ]
     assert report["incomplete"] == [] and report["skipped"] == []
     every_final_and_best = []
     for group in report["groups"]:
         finals, bests = [], []
         for seed in (0, 1):
-            success = scalars(sweep / "custom" / group["balancer"] / f"seed={seed}")["eval/success_rate"]
+            success = scalars(sweep / "custom" / "multihead" / group["balancer"] / f"seed={seed}")["eval/success_rate"]
             finals.append(success[-1][1])
             bests.append(max(value for _, value in success))
         assert group["final_success"]["point"] == pytest.approx(sum(finals) / 2)
@@ -200,7 +205,8 @@ def test_report_of_the_sweep_matches_its_event_files(sweep: Path, tmp_path: Path
     # are not all the same value, so a report that mixed them up could not match.
     assert len(set(every_final_and_best)) > 1
     rows = [line for line in (tmp_path / REPORT_MD).read_text().splitlines() if line.startswith("| none | custom |")]
-    assert [row.split("|")[3].strip() for row in rows] == ["famo", "mtsac"]  # experiment | env | balancer
+    cells = [[cell.strip() for cell in row.split("|")[3:5]] for row in rows]  # experiment | env | network | balancer
+    assert cells == [["multihead", "famo"], ["multihead", "mtsac"]]
     assert (tmp_path / CURVES_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -212,7 +218,7 @@ def test_requeued_job_resumes_and_matches_uninterrupted(sweep: Path, tmp_path: P
     marker = tmp_path / "paused"
     process = submit_sweep(sweep_dir, "balancer=famo", "seed=0", pause_at=PAUSE_AT, marker=marker)
     job_id = slurm_job_id(sweep_dir, process)
-    run_dir = sweep_dir / "custom" / "famo" / "seed=0"
+    run_dir = sweep_dir / "custom" / "multihead" / "famo" / "seed=0"
     wait_for(marker, process)  # the job is held mid-episode until the signal lands
     if interrupt == "scontrol-requeue":
         # What preemption by requeue and an admin's requeue do: SIGTERM now, restart later.
@@ -227,7 +233,7 @@ def test_requeued_job_resumes_and_matches_uninterrupted(sweep: Path, tmp_path: P
         assert "Caught signal SIGUSR2" in logs and "this job is preempted" in logs
 
     resumed = assert_complete_run(run_dir)
-    uninterrupted = scalars(sweep / "custom" / "famo" / "seed=0")
+    uninterrupted = scalars(sweep / "custom" / "multihead" / "famo" / "seed=0")
     assert set(resumed) == set(uninterrupted)
     for tag, points in resumed.items():
         assert points == uninterrupted[tag], f"{tag} differs from the uninterrupted run of the sweep"
