@@ -302,8 +302,9 @@ def run_starts(
     """Trajectories `[steps_s + 1, 2]` from S start points, one balancer object per start.
 
     `steps` is one budget for all starts or one per start. Each start is its own float32 parameter
-    `[2]` with its own balancer, all stepped by one optimiser (Adam is element-wise, so this equals
-    separate runs); a start whose budget is spent leaves the batch (no `.grad`, so Adam skips it).
+    `[2]` (a row of one `[S, 2]` tensor) with its own balancer, all stepped by one optimiser (Adam is
+    element-wise, so this equals separate runs); a start whose budget is spent leaves the batch (no
+    `.grad`, so Adam skips it). Runs on one torch thread (restored after).
 
     Each step is the library loop of docs/library.md, as `SACLearner._balanced_step` runs it: the
     public `balancers.backward` (x is the shared parameter), the learner's optimiser
@@ -320,30 +321,73 @@ def run_starts(
     objects = [balancers.make(balancer_name, 2, **(options or {})) for _ in range(count)]
     if not count:
         return []
-    shift = torch.as_tensor(loss_shift(balancer_name, scale), dtype=DTYPE)
-    shifted = bool(shift.any())
-    points = [torch.tensor(start, dtype=DTYPE, requires_grad=True) for start in start_array.tolist()]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2-element tensors: threads only add overhead
+    try:
+        trajectory = _run(objects, start_array, budgets, scale, lr, loss_shift(balancer_name, scale))
+    finally:
+        torch.set_num_threads(threads)
+    return [trajectory[: budget + 1, s].numpy() for s, budget in enumerate(budgets)]
+
+
+def _run(
+    objects: list[Any], start_array: np.ndarray, budgets: list[int], scale: float, lr: float, shift: np.ndarray
+) -> torch.Tensor:
+    """The loop of `run_starts`: the trajectory `[max(budgets) + 1, S, 2]` (NaN past a start's budget).
+
+    The points are rows of one `[S, 2]` tensor (each row its own leaf parameter, stepped in place by
+    the fused Adam), so one copy per step records every start. Only tensor creation and Python
+    bookkeeping happen here besides the library calls; everything per start that can be done once is.
+    """
+    count = len(start_array)
+    shift_tensor = torch.as_tensor(shift, dtype=DTYPE)
+    shifted = bool(shift_tensor.any())
+    flat = torch.tensor(start_array.tolist(), dtype=DTYPE)  # [S, 2]; rows are the parameters
+    points = [flat[s].requires_grad_(True) for s in range(count)]
     optimizer = make_adam(points, lr)
+    apply = ToyLosses.apply
+    after_step = [s for s in range(count) if objects[s].needs_losses_after_step]
 
-    def task_losses(x: torch.Tensor) -> torch.Tensor:
-        values = ToyLosses.apply(x, scale)
-        return values - shift if shifted else values
+    def losses_at(x1: float, x2: float) -> torch.Tensor:  # `ToyLosses.apply`'s values, without the node
+        loss = torch.tensor(point_losses_and_jacobian(x1, x2, scale)[:2], dtype=DTYPE)
+        return loss - shift_tensor if shifted else loss
 
-    trajectory = np.full((max(budgets) + 1, count, 2), np.nan, dtype=np.float32)
-    trajectory[0] = start_array
-    active = list(range(count))
-    for step in range(max(budgets)):
-        for s in [s for s in active if budgets[s] == step]:  # spent: no .grad, so the optimiser skips it
-            points[s].grad = None
-        active = [s for s in active if budgets[s] > step]
-        befores = [backward(task_losses(points[s]), [points[s]], objects[s], jacobian="loop") for s in active]
-        optimizer.step()
-        with torch.no_grad():
-            for s, before in zip(active, befores):
-                if objects[s].needs_losses_after_step:
-                    objects[s].update(before.losses, task_losses(points[s]))
-                trajectory[step + 1, s] = points[s].detach().numpy()
-    return [trajectory[: budget + 1, s] for s, budget in enumerate(budgets)]
+    steps = max(budgets)
+    trajectory = torch.full((steps + 1, count, 2), math.nan, dtype=DTYPE)
+    trajectory[0] = flat
+    # Per-step work only changes when a start's budget runs out: precompute each stretch's lists.
+    ends = sorted({b for b in budgets if 0 < b < steps} | {steps})
+    begin = 0
+    for end in ends:
+        for s in range(count):  # spent: no .grad, so the optimiser skips it
+            if budgets[s] <= begin:
+                points[s].grad = None
+        active = [(s, points[s], [points[s]], objects[s]) for s in range(count) if budgets[s] > begin]
+        updating = [(i, s, objects[s]) for i, (s, *_) in enumerate(active) if s in after_step]
+        every = len(active) == count
+        rows = [s for s, *_ in active]
+        for step in range(begin, end):
+            if shifted:
+                befores = [
+                    backward(apply(x, scale) - shift_tensor, params, balancer, jacobian="loop")
+                    for _, x, params, balancer in active
+                ]
+            else:
+                befores = [
+                    backward(apply(x, scale), params, balancer, jacobian="loop") for _, x, params, balancer in active
+                ]
+            optimizer.step()
+            with torch.no_grad():
+                if updating:
+                    now = flat.tolist()
+                    for i, s, balancer in updating:
+                        balancer.update(befores[i].losses, losses_at(*now[s]))
+                if every:
+                    trajectory[step + 1] = flat
+                else:
+                    trajectory[step + 1, rows] = flat[rows]
+        begin = end
+    return trajectory
 
 
 def run_batch(
