@@ -17,6 +17,7 @@ from mtrl_famo.config import compose
 from mtrl_famo.trainer import Trainer
 
 from conftest import DETERMINISTIC_TAGS, tb_scalars
+from tiny_setup import cached_metaworld_goals
 
 HORIZON, WARMUP, STEPS = 4, 3, 12
 TINY = [
@@ -36,6 +37,15 @@ TINY = [
     "log.every=4",
     "log.conflicts_every=1",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _goals_drawn_once():
+    """Every test builds envs of the same two tasks and seed (forked workers inherit the cache): their
+    goals are drawn once."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        cached_metaworld_goals(monkeypatch)
+        yield
 
 
 def trainer(tmp_path: Path, *overrides: str) -> Trainer:
@@ -97,7 +107,9 @@ def test_overlapped_run_resumed_from_checkpoint_equals_straight_run(tmp_path: Pa
     """A finished overlapped run re-launched with more steps continues from its checkpoint (taken at
     an episode end, after the step's updates and store) exactly like the run given them at once."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = ("loop.overlap=true", "env.workers=2", "checkpoint.every=4", "eval.every=8")
+    # Evaluation in process: the default background worker would cost an interpreter start per run,
+    # and comparable_config ignores it (tests/test_background_eval.py checks it evaluates the same).
+    common = ("loop.overlap=true", "env.workers=2", "checkpoint.every=4", "eval.every=8", "eval.background=false")
     Trainer(compose(*TINY, *common, "steps=12", f"run_dir={straight}")).train()
     first = Trainer(compose(*TINY, *common, "steps=8", f"run_dir={resumed}")).train()
     assert first["env_steps"] == 8

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,19 +20,38 @@ from mtrl_famo import checkpoint
 from mtrl_famo.config import compose
 
 from conftest import DETERMINISTIC_TAGS, TINY_RUN, run_cli, start_cli, tb_scalars, wait_for
+from tiny_setup import cached_metaworld_goals
 
 # 40-step episodes, checkpoints at every episode end: interruptions land between checkpoints.
-# Background evaluation (the default) on: signals and checkpoints with the eval worker alive.
-RESUME_RUN = [*TINY_RUN, "steps=240", "checkpoint.every=40", "log.every=10", "eval.background=true"]
+RESUME_RUN = [*TINY_RUN, "steps=240", "checkpoint.every=40", "log.every=10"]
+# The interrupted runs evaluate in the background (the default): signals and checkpoints with the eval
+# worker alive. The straight reference and the resumptions evaluate in process (eval.background=false,
+# TINY_RUN's): the same results (tests/test_background_eval.py), a key that may change on resume
+# (comparable_config), and no evaluation interpreter to start (~3 s of CPU each).
+INTERRUPTED = "eval.background=true"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _goals_drawn_once():
+    """The in-process runs build envs of the same three tasks and seed again and again: their goals are
+    drawn once (the CLI runs are processes of their own and draw them as ever)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        cached_metaworld_goals(monkeypatch)
+        yield
 
 
 def interrupt_at(step: int, signum: signal.Signals, run_dir: Path, *overrides: str) -> str:
     """Run the CLI, hold it right after `step`, send `signum`, wait for the end; returns stderr."""
     marker = run_dir.parent / f"{run_dir.name}.paused"
-    process = start_cli(*RESUME_RUN, "balancer=famo", f"run_dir={run_dir}", *overrides, pause_at=step, marker=marker)
+    process = start_cli(
+        *RESUME_RUN, "balancer=famo", INTERRUPTED, f"run_dir={run_dir}", *overrides, pause_at=step, marker=marker
+    )
     wait_for(marker, process)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=300)
+    # No deadline: the run has ended once it has exited and its pipes are closed (a SIGKILLed run's
+    # evaluation worker holds them until it sees its trainer gone); a hang is pytest-timeout's to end.
+    process.wait()
+    _, stderr = process.communicate()
     expected = -signal.SIGKILL if signum == signal.SIGKILL else 128 + signum
     assert process.returncode == expected, stderr[-3000:]
     return stderr
@@ -89,18 +110,40 @@ def test_kill9_and_corrupted_newest_checkpoint_fall_back_and_still_match(referen
     assert_same_run(reference_run, run_dir)
 
 
-def test_finished_run_relaunched_stays_finished(reference_run: Path, tmp_path: Path) -> None:
+def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *overrides: str):
+    """`python -m mtrl_famo.train *overrides` in this process (its `cli()`, the module's entry point):
+    the relaunch and refusal below are about what the CLI decides, not about a process boundary, and
+    an interpreter start-up costs more than what they check. Returns (exit code, stdout, stderr)."""
+    from mtrl_famo import train
+
+    monkeypatch.setattr(sys, "argv", ["mtrl_famo.train", *overrides])
+    try:
+        train.cli()
+        code = 0
+    except SystemExit as error:
+        code = error.code or 0
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+
+def test_finished_run_relaunched_stays_finished(
+    reference_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     before = tb_scalars(reference_run, DETERMINISTIC_TAGS)
-    result = run_cli(*RESUME_RUN, "balancer=famo", f"run_dir={reference_run}")
+    result = cli_in_process(monkeypatch, capsys, *RESUME_RUN, "balancer=famo", f"run_dir={reference_run}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: 240 steps per task" in result.stdout
     assert tb_scalars(reference_run, DETERMINISTIC_TAGS) == before
 
 
-def test_checkpoint_of_another_config_is_refused_and_nothing_overwritten(reference_run: Path) -> None:
+def test_checkpoint_of_another_config_is_refused_and_nothing_overwritten(
+    reference_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     config_before = (reference_run / "config.yaml").read_text()
     newest_before = (reference_run / checkpoint.LATEST).read_bytes()
-    result = run_cli(*RESUME_RUN, "balancer=famo", "agent.hidden_dim=16", f"run_dir={reference_run}")
+    result = cli_in_process(
+        monkeypatch, capsys, *RESUME_RUN, "balancer=famo", "agent.hidden_dim=16", f"run_dir={reference_run}"
+    )
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("error: ") and "holds a checkpoint of a different run" in message
@@ -157,7 +200,12 @@ IN_PROCESS_RUN = [
     "log.conflicts_every=3",
     "progress=false",
     "device=cpu",
+    # In process, not in a spawned worker: the same results (tests/test_background_eval.py) without an
+    # interpreter start-up and import per run.
+    "eval.background=false",
 ]
+# The tests of the schedule alone (mtsac: no balancer state) need no third task: two, one env build less.
+TWO_TASKS = "env.tasks=[reach-v3,push-v3]"
 
 
 def train_in_process(run_dir: Path, *overrides: str) -> dict:
@@ -201,13 +249,13 @@ def test_checkpoint_every_not_a_multiple_of_the_episode_length(tmp_path: Path, m
     saved: list[int] = []
     original = Trainer.save_checkpoint
     monkeypatch.setattr(Trainer, "save_checkpoint", lambda self: (saved.append(self.env_step), original(self))[1])
-    train_in_process(tmp_path / "run", "balancer=mtsac", "steps=120", "checkpoint.every=30", "eval.every=60")
+    train_in_process(tmp_path / "run", "balancer=mtsac", TWO_TASKS, "steps=120", "checkpoint.every=30", "eval.every=60")
     assert saved == [40, 60, 100, 120]
     assert checkpoint_step(tmp_path / "run") == 120
 
 
 def test_steps_not_a_multiple_of_eval_every_still_evaluates_at_the_end(tmp_path: Path) -> None:
-    summary = train_in_process(tmp_path / "run", "balancer=mtsac", "steps=50", "eval.every=20")
+    summary = train_in_process(tmp_path / "run", "balancer=mtsac", TWO_TASKS, "steps=50", "eval.every=20")
     steps = [step for step, _ in tb_scalars(tmp_path / "run", ("eval/success_rate",))["eval/success_rate"]]
     assert steps == [20, 40, 50]
     assert summary["env_steps"] == 50 and summary["eval_success_rate"] is not None
