@@ -16,12 +16,14 @@ Hydra overrides after `--` are passed on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     trainer = Trainer(config)
-    summary = trainer.train(callbacks=[WallClockLimit(args.minutes * 60.0)])
+    # The composed config, saved as the CLI saves it: `python -m mtrl_famo.evaluate` and the report read it.
+    resolved = yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(config))), sort_keys=False)
+    summary = trainer.train(resolved, callbacks=[WallClockLimit(args.minutes * 60.0)])
     seconds = time.perf_counter() - started
     per_task = summary["eval_success_rate_per_task"]
     network = config.agent.network["name"]
