@@ -524,3 +524,22 @@ def test_logged_mixing_weights_reproduce_the_update(name: str) -> None:
     direction = balancer.combine(grads)
     torch.testing.assert_close(direction, balancer.weights() @ grads)
     assert not torch.allclose(balancer.weights(), torch.full((5,), 0.2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("c", [0.0, 0.4, 2.0])
+def test_cagrad_on_column_blocks_equals_cagrad_on_the_stacked_matrix(c: float) -> None:
+    """The public backward hands CAGrad J's blocks (one per parameter) instead of the stacked [K, D]
+    matrix: each block's part of d, the Gram matrix and the mixing weights must be the stacked ones."""
+    torch.manual_seed(3)
+    for blocks in (
+        [torch.randn(4, 7, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)],
+        [torch.randn(3, 5, dtype=torch.float64) * 10.0**e for e in (-3, 0, 2)],
+    ):
+        stacked = torch.cat(blocks, dim=1)
+        whole = make("cagrad", stacked.shape[0], c=c)
+        expected = whole.combine(stacked)
+        split = make("cagrad", stacked.shape[0], c=c)
+        parts, gram = split.combine_blocks(blocks)
+        torch.testing.assert_close(torch.cat(parts), expected, rtol=1e-12, atol=1e-12 * expected.norm().item())
+        torch.testing.assert_close(gram, stacked @ stacked.T)
+        torch.testing.assert_close(split.weights(), whole.weights())

@@ -35,8 +35,9 @@ How J is built (the cheapest measured way; `scripts/bench_backward.py`):
 Gram-space methods (`GramMixing` with its own `combine`: pcgrad, nashmtl, fairgrad, mgda, imtl,
 aligned_mtl) decide from the K x K Gram matrix alone: it is summed parameter by parameter and the
 update is `m^T J` parameter by parameter, so the `[K, D]` matrix is never concatenated. A method
-that overrides `combine` says it needs the vectors (CAGrad measures its norms on them) and gets the
-stacked `[K, D]` matrix, as every other gradient method does (`decides_from_gram`). (Following the Gram matrix
+that overrides `combine` says it needs the vectors (CAGrad measures its norms on them): CAGrad gets J's
+blocks (`combines_blocks`: its sums are taken block by block), every other such method the stacked
+`[K, D]` matrix (`decides_from_gram`). (Following the Gram matrix
 with a second backward of `sum_k m_k l_k` instead of `m^T J` was measured too: it costs one more
 backward pass than the two small matmuls it replaces, since J is needed for the Gram matrix anyway.)
 """
@@ -264,7 +265,8 @@ def apply_gradient_method(
     """Set the shared parameters' `.grad` to `balancer.combine(J)`, given J as `[K, *shape]` blocks.
 
     A Gram-space method gets only the Gram matrix, summed block by block, and the update is `m^T J`
-    block by block; any other method gets the `[K, D]` matrix. Returns (stacked J or None, Gram or None).
+    block by block; a method that `combines_blocks` gets the blocks; any other method gets the `[K, D]`
+    matrix. Returns (stacked J or None, Gram or None).
     """
     num_tasks = balancer.num_tasks
     flat = [block.reshape(num_tasks, -1) for block in jacobian]
@@ -274,6 +276,10 @@ def apply_gradient_method(
             gram = gram + block @ block.T
         mix = balancer.mix(gram)
         _assign(shared, [torch.tensordot(mix, block, dims=1) for block in jacobian])
+        return None, gram
+    if balancer.combines_blocks:  # decides from the blocks themselves (CAGrad): no [K, D] copy either
+        directions, gram = balancer.combine_blocks(flat)
+        _assign(shared, [part.view_as(parameter) for part, parameter in zip(directions, shared)])
         return None, gram
     stacked = torch.cat(flat, dim=1)
     direction = balancer.combine(stacked)

@@ -51,7 +51,9 @@ from the Gram matrix: d is then in B up to the Gram matrix's resolution.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -300,9 +302,11 @@ def _minor_cycles(
     return full / full.sum(), cycles
 
 
-def _norm(vector: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm accumulated in float64 (a 0-d float64 tensor on the vector's device)."""
-    return torch.linalg.vector_norm(vector, dtype=torch.float64)
+def _norm_of_parts(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Euclidean norm of the vector cut into `parts`, accumulated in float64 (0-d, on their device)."""
+    return functools.reduce(
+        torch.add, (torch.linalg.vector_norm(part, dtype=torch.float64) ** 2 for part in parts)
+    ).sqrt()
 
 
 @register("cagrad")
@@ -374,30 +378,47 @@ class CAGrad(HostGramMixing):
     def combine(self, grads: torch.Tensor) -> torch.Tensor:
         """d with every norm measured on the vectors (see the module docstring): in the ball up to the
         rounding of a vector sum, and |g_w| exact even where the Gram matrix cannot resolve it."""
-        k, length = grads.shape
+        return self.combine_blocks([grads])[0][0]
+
+    combines_blocks = True
+
+    def combine_blocks(self, blocks: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """`combine` on J as `[K, n_i]` column blocks, never stacked: the Gram matrix is summed block by
+        block, then g0 and the one or two solution vectors come out of one `[<=3, K] @ block` product
+        per block (two passes over J in all, as a Gram-space method), and every norm is summed over the
+        blocks' parts of those vectors in float64."""
+        first = blocks[0]
+        k, dtype, device = first.shape[0], first.dtype, first.device
+        gram = functools.reduce(torch.add, (block @ block.T for block in blocks))
+        mean_row = torch.full((1, k), 1.0 / k, dtype=dtype, device=device)
         if self.c == 0:
-            self.last_mix = torch.full((k,), 1.0 / (k * self.divisor), dtype=grads.dtype, device=grads.device)
-            return self.last_mix @ grads
-        gram = (grads @ grads.T).double().cpu().numpy()
-        solution = self.solve(gram, gram_resolution(grads.dtype, length), DEGENERATE_WITH_VECTORS)
-        g0 = grads.mean(dim=0)
-        radius = self.c * _norm(g0)
+            self.last_mix = (mean_row[0] / self.divisor).to(dtype)
+            return [self.last_mix @ block for block in blocks], gram
+        length = sum(block.shape[1] for block in blocks)
+        solution = self.solve(gram.double().cpu().numpy(), gram_resolution(dtype, length), DEGENERATE_WITH_VECTORS)
         if solution.pair is not None:  # the paper's d; t and |g_w| recomputed from the vectors
-            pair = torch.as_tensor(solution.pair, device=grads.device)
-            g_a, g_b = pair[0].to(grads.dtype) @ grads, pair[1].to(grads.dtype) @ grads
-            room = radius**2 - _norm(g_b) ** 2
-            step = torch.where(room > 0, _norm(g_a) / room.clamp_min(1e-300).sqrt(), solution.step)
-            weights = pair[0] + step * pair[1]
-            direction = g_a + step.to(grads.dtype) * g_b
+            pair = torch.as_tensor(solution.pair, device=device)
+            rows = torch.cat([mean_row, pair.to(dtype)])
         else:
-            weights = torch.as_tensor(solution.weights if solution.cone is None else solution.cone, device=grads.device)
-            direction = weights.to(grads.dtype) @ grads
-        length_of_direction = _norm(direction)
+            weights = torch.as_tensor(solution.weights if solution.cone is None else solution.cone, device=device)
+            rows = torch.cat([mean_row, weights.to(dtype)[None]])
+        parts = [rows @ block for block in blocks]  # row 0: g0; then g_a, g_b (pair) or the direction
+        g0 = [part[0] for part in parts]
+        radius = self.c * _norm_of_parts(g0)
+        if solution.pair is not None:
+            g_a, g_b = [part[1] for part in parts], [part[2] for part in parts]
+            room = radius**2 - _norm_of_parts(g_b) ** 2
+            step = torch.where(room > 0, _norm_of_parts(g_a) / room.clamp_min(1e-300).sqrt(), solution.step)
+            weights = pair[0] + step * pair[1]
+            direction = [a + step.to(dtype) * b for a, b in zip(g_a, g_b)]
+        else:
+            direction = [part[1] for part in parts]
+        length_of_direction = _norm_of_parts(direction)
         scale = torch.where(length_of_direction > 0, radius / length_of_direction.clamp_min(1e-300), 0.0)
         if solution.cone is not None:
             scale = scale.clamp_max(1.0)
-        self.last_mix = ((1.0 / k + scale * weights) / self.divisor).to(grads.dtype)
-        return (g0 + scale.to(grads.dtype) * direction) / self.divisor
+        self.last_mix = ((1.0 / k + scale * weights) / self.divisor).to(dtype)
+        return [(base + scale.to(dtype) * part) / self.divisor for base, part in zip(g0, direction)], gram
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_weights": self.last_weights.copy()}
