@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -62,8 +64,6 @@ def test_default_run_dir_is_deterministic(tiny_cli_run):
 def test_a_network_sweep_gives_each_network_its_own_run_dir_and_report_group(tmp_path):
     """`-m agent/network=multihead,moore`: one job per network, none refused as another run's checkpoint
     (the sweep sub-directory names the network), and the report groups them by network."""
-    from mtrl_famo.report import compute_report
-
     sweep = tmp_path / "multirun"
     result = run_cli(
         "-m",
@@ -79,7 +79,18 @@ def test_a_network_sweep_gives_each_network_its_own_run_dir_and_report_group(tmp
         run_dir = sweep / "custom" / network / "mtsac" / "seed=0"
         assert json.loads((run_dir / "summary.json").read_text())["complete"], network
         assert f"name: {network}" in (run_dir / "config.yaml").read_text()
-    report = compute_report(sweep, reps=50)
+    # The report in its own process, as a user runs it. (In this process, tensorboard's reader would install
+    # absl's log handler on pytest's captured stderr, and a later in-process Hydra run's logging set-up closes
+    # that handler, and with it the capture file, breaking every later test of this worker.)
+    out = tmp_path / "report"
+    reported = subprocess.run(
+        [sys.executable, "-m", "mtrl_famo.report", str(sweep), "--out", str(out), "--reps", "50"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
     assert [(g["network"], g["balancer"], g["seeds_complete"]) for g in report["groups"]] == [
         ("moore", "mtsac", [0]),
         ("multihead", "mtsac", [0]),
