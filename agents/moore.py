@@ -21,13 +21,12 @@ published code strips the id off first.
 
 from __future__ import annotations
 
-import math
 from itertools import pairwise
 
 import torch
 from torch import nn
 
-from mtrl_famo.agents.networks import StackedLinear, _init_linear, apply_task_head
+from mtrl_famo.agents.networks import StackedLinear, add_head, head_output, init_task_vectors, reset_head
 
 EPS = 1e-8  # Gram-Schmidt's norm + eps, as both published codes
 
@@ -105,10 +104,8 @@ class MOORENetwork(nn.Module):
         # LayerNorm after each hidden linear (all but the last), before its ReLU; shared by the experts.
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(num_layers - 1)) if layernorm else None
         self.task_weight = nn.Parameter(torch.empty(num_tasks, 1, num_experts))
-        self.head: nn.Linear | None = nn.Linear(hidden_dim, out_dim) if shared_head else None
-        if not shared_head:
-            self.head_weight = nn.Parameter(torch.empty(num_tasks, hidden_dim, out_dim))
-            self.head_bias = nn.Parameter(torch.empty(num_tasks, 1, out_dim))
+        self.head: nn.Linear | None
+        add_head(self, hidden_dim, out_dim, num_tasks, shared_head=shared_head)
         self.reset_parameters(None)  # drawn from torch's global generator, as nn.Linear's are
 
     def reset_parameters(self, generator: torch.Generator | None) -> None:
@@ -118,15 +115,8 @@ class MOORENetwork(nn.Module):
             layer.reset_parameters(generator)
         for norm in self.norms or ():
             norm.reset_parameters()
-        num_tasks, _, num_experts = self.task_weight.shape
-        with torch.no_grad():
-            bound = math.sqrt(6.0 / (num_tasks + num_experts)) if self.init == "xavier" else 1.0 / math.sqrt(num_tasks)
-            self.task_weight.uniform_(-bound, bound, generator=generator)
-        if self.head is not None:
-            head = self.head
-            _init_linear(head.weight, head.bias, head.in_features, head.out_features, self.init, generator)
-        else:
-            _init_linear(self.head_weight, self.head_bias, *self.head_weight.shape[1:], self.init, generator)
+        init_task_vectors(self.task_weight, self.init, generator)
+        reset_head(self, self.init, generator)
 
     def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """The raw expert outputs `[k, N, hidden]` of input `[*rows, in]` (rows flattened to N)."""
@@ -156,6 +146,4 @@ class MOORENetwork(nn.Module):
         mix = (weights * coefficients.view(*lead, num_experts, num_experts)).sum(-2)  # [*lead, k]
         features = mix.to(rows.dtype).view(-1, 1, num_experts) @ rows  # [N, 1, h]
         features = torch.tanh_(features.view(*lead, -1))  # in place: tanh's backward reads its output only
-        if self.head is not None:
-            return self.head(features)
-        return apply_task_head(features, self.head_weight, self.head_bias)
+        return head_output(self, features)

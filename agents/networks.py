@@ -71,6 +71,38 @@ def apply_task_head(features: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return torch.matmul(features, weight) + bias
 
 
+def init_task_vectors(vectors: torch.Tensor, init: str, generator: torch.Generator | None) -> None:
+    """Initialise per-task vectors `[K, ..., n]` (task weights, embeddings, compositions) in place as the
+    weight of a linear map from the one-hot task id (fan_in K, fan_out n), without a bias."""
+    _init_linear(vectors, None, vectors.shape[0], vectors.shape[-1], init, generator)
+
+
+def add_head(module: nn.Module, width: int, out_dim: int, num_tasks: int, *, shared_head: bool) -> None:
+    """Give `module` its output layer: `head` (an nn.Linear shared by all tasks, drawn with the pytorch
+    law by its constructor) or the per-task `head_weight [K, width, out]` / `head_bias [K, 1, out]`
+    (empty: `reset_head` draws them)."""
+    module.head = nn.Linear(width, out_dim) if shared_head else None
+    if not shared_head:
+        module.head_weight = nn.Parameter(torch.empty(num_tasks, width, out_dim))
+        module.head_bias = nn.Parameter(torch.empty(num_tasks, 1, out_dim))
+
+
+def reset_head(module: nn.Module, init: str, generator: torch.Generator | None) -> None:
+    """Draw the output layer `add_head` gave `module` again, in place, with the `init` law."""
+    head = module.head
+    if head is not None:
+        _init_linear(head.weight, head.bias, head.in_features, head.out_features, init, generator)
+    else:
+        _init_linear(module.head_weight, module.head_bias, *module.head_weight.shape[1:], init, generator)
+
+
+def head_output(module: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The output layer `add_head` gave `module`, applied to `features` (per task, or shared)."""
+    if module.head is not None:
+        return module.head(features)
+    return apply_task_head(features, module.head_weight, module.head_bias)
+
+
 class StackedLinear(nn.Module):
     """`n` independent linear maps (experts, modules, parameter sets) applied in one batched matmul.
 
@@ -140,15 +172,10 @@ class MultiHeadMLP(nn.Module):
             layers.append(nn.ReLU(inplace=True))  # the linear's (or norm's) output is not needed for backward
             width = hidden_dim
         self.trunk = nn.Sequential(*layers)
-        self.head: nn.Linear | None = None
-        if shared_head:
-            self.head = nn.Linear(width, out_dim)
-            if init != "pytorch":
-                _init_linear(self.head.weight, self.head.bias, width, out_dim, init, None)
-        else:
-            self.head_weight = nn.Parameter(torch.empty(num_tasks, width, out_dim))
-            self.head_bias = nn.Parameter(torch.empty(num_tasks, 1, out_dim))
-            _init_linear(self.head_weight, self.head_bias, width, out_dim, init, None)
+        self.head: nn.Linear | None
+        add_head(self, width, out_dim, num_tasks, shared_head=shared_head)
+        if not (shared_head and init == "pytorch"):  # a shared head's constructor drew the pytorch law already
+            reset_head(self, init, None)
 
     def reset_parameters(self, generator: torch.Generator | None) -> None:
         """Draw every parameter again, in place, from the construction's law and order (trunk layer by
@@ -160,12 +187,7 @@ class MultiHeadMLP(nn.Module):
                 _init_linear(layer.weight, layer.bias, layer.in_features, layer.out_features, self.init, generator)
             elif isinstance(layer, nn.LayerNorm):
                 layer.reset_parameters()
-        if self.head is not None:
-            head = self.head
-            _init_linear(head.weight, head.bias, head.in_features, head.out_features, self.init, generator)
-        else:
-            width, out_dim = self.head_weight.shape[1:]
-            _init_linear(self.head_weight, self.head_bias, width, out_dim, self.init, generator)
+        reset_head(self, self.init, generator)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk on the rows flattened to 2-d: each linear's output is then a base tensor, not a
@@ -177,9 +199,7 @@ class MultiHeadMLP(nn.Module):
         return flat.view(*x.shape[:-1], flat.shape[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.head is not None:
-            return self.head(self._features(x))
-        return apply_task_head(self._features(x), self.head_weight, self.head_bias)
+        return head_output(self, self._features(x))
 
 
 class Actor(nn.Module):

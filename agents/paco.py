@@ -22,13 +22,12 @@ whose loss explodes (training-loop tricks, not the network), the bias of the lin
 
 from __future__ import annotations
 
-import math
 from itertools import pairwise
 
 import torch
 from torch import nn
 
-from mtrl_famo.agents.networks import StackedLinear, apply_task_head
+from mtrl_famo.agents.networks import StackedLinear, apply_task_head, init_task_vectors
 
 
 class PaCoNetwork(nn.Module):
@@ -76,10 +75,7 @@ class PaCoNetwork(nn.Module):
                     layer.bias.copy_(layer.bias[:1].expand_as(layer.bias))
         for norm in self.norms or ():
             norm.reset_parameters()
-        num_tasks, num_sets = self.task_composition.shape
-        with torch.no_grad():
-            bound = math.sqrt(6.0 / (num_tasks + num_sets)) if self.init == "xavier" else 1.0 / math.sqrt(num_tasks)
-            self.task_composition.uniform_(-bound, bound, generator=generator)
+        init_task_vectors(self.task_composition, self.init, generator)
 
     @staticmethod
     def compose(w: torch.Tensor, layer: StackedLinear) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,13 +27,12 @@ one-hot task id when the observation carries it).
 
 from __future__ import annotations
 
-import math
 from itertools import pairwise
 
 import torch
 from torch import nn
 
-from mtrl_famo.agents.networks import StackedLinear, _init_linear, apply_task_head
+from mtrl_famo.agents.networks import StackedLinear, _init_linear, add_head, head_output, init_task_vectors, reset_head
 
 ROUTING_OUTPUT_INIT = 1e-3  # bound of W_d's uniform init in the published code
 
@@ -81,10 +80,8 @@ class SoftModularNetwork(nn.Module):
             if layernorm
             else None
         )
-        self.head: nn.Linear | None = nn.Linear(hidden_dim, out_dim) if shared_head else None
-        if not shared_head:
-            self.head_weight = nn.Parameter(torch.empty(num_tasks, hidden_dim, out_dim))
-            self.head_bias = nn.Parameter(torch.empty(num_tasks, 1, out_dim))
+        self.head: nn.Linear | None
+        add_head(self, hidden_dim, out_dim, num_tasks, shared_head=shared_head)
         self.reset_parameters(None)  # drawn from torch's global generator, as nn.Linear's are
 
     def reset_parameters(self, generator: torch.Generator | None) -> None:
@@ -96,18 +93,12 @@ class SoftModularNetwork(nn.Module):
             for linear in self.route_down:
                 linear.weight.uniform_(-ROUTING_OUTPUT_INIT, ROUTING_OUTPUT_INIT, generator=generator)
                 linear.bias.zero_()
-            num_tasks, _, dim = self.task_embedding.shape
-            bound = math.sqrt(6.0 / (num_tasks + dim)) if self.init == "xavier" else 1.0 / math.sqrt(num_tasks)
-            self.task_embedding.uniform_(-bound, bound, generator=generator)
+        init_task_vectors(self.task_embedding, self.init, generator)
         for layer in self.base_layers:
             layer.reset_parameters(generator)
         for norm in self.norms or ():
             norm.reset_parameters()
-        if self.head is not None:
-            head = self.head
-            _init_linear(head.weight, head.bias, head.in_features, head.out_features, self.init, generator)
-        else:
-            _init_linear(self.head_weight, self.head_bias, *self.head_weight.shape[1:], self.init, generator)
+        reset_head(self, self.init, generator)
 
     def _norm(self, i: int, h: torch.Tensor) -> torch.Tensor:
         return h if self.norms is None else self.norms[i](h)
@@ -152,6 +143,4 @@ class SoftModularNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features, _ = self.features(x)
-        if self.head is not None:
-            return self.head(features)
-        return apply_task_head(features, self.head_weight, self.head_bias)
+        return head_output(self, features)
