@@ -19,6 +19,8 @@ from mtrl_famo.build import build_agent, build_learner, build_replay
 from mtrl_famo.config import AgentConfig, BalancerConfig
 from mtrl_famo.memory import estimate_memory
 
+from tiny_setup import fill_with_random_transitions
+
 ACTION = 4
 
 
@@ -98,14 +100,7 @@ def built(k: int, batch: int, hidden: int, layers: int, balancer: BalancerConfig
     agent = build_agent(config, obs_dim, ACTION, k, cpu)
     learner = build_learner(config, balancer, agent, generator)
     replay = build_replay(config, k, obs_dim, ACTION, cpu, generator)
-    for _ in range(50):
-        replay.add(
-            obs=torch.randn(k, obs_dim),
-            action=torch.rand(k, ACTION) * 2 - 1,
-            reward=torch.randn(k),
-            next_obs=torch.randn(k, obs_dim),
-            terminated=torch.zeros(k),
-        )
+    fill_with_random_transitions(replay, 50)
     return config, agent, learner, replay, estimate_memory(config, balancer, k, obs_dim, ACTION)
 
 

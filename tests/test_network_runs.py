@@ -14,9 +14,9 @@ import torch
 
 from mtrl_famo import checkpoint
 from mtrl_famo.agents.registry import NETWORKS
-from mtrl_famo.agents.sac import MultiTaskSAC
 
 from conftest import DETERMINISTIC_TAGS, tb_scalars
+from tiny_setup import tiny_agent
 
 # Two tasks, 5-step episodes, a tiny agent: 20 steps per task, a checkpoint at every 10.
 TINY = [
@@ -143,19 +143,11 @@ def test_network_trains_with_pcgrad(network: str, tmp_path: Path, monkeypatch) -
 def test_run_trains_the_configured_network_and_critic_options(famo_runs) -> None:
     """The checkpoint fits, strictly, an agent built by hand with MOORE, a LayerNorm critic of width 12 and
     an actor of width 8 without LayerNorm: the CLI's config reached the agent (build_agent passes every option)."""
-    agent = MultiTaskSAC(
-        41,  # 39 + the 2-task one-hot
-        4,
-        2,
-        heads="per_task",
-        alpha="per_task",
-        init="pytorch",
-        hidden_dim=8,
-        num_layers=2,
-        discount=0.99,
-        init_temperature=1.0,
-        log_std_min=-20.0,
-        log_std_max=2.0,
+    agent = tiny_agent(
+        torch.float32,
+        obs_dim=41,  # 39 + the 2-task one-hot
+        action_dim=4,
+        num_tasks=2,
         network="moore",
         network_options={"num_experts": 2},
         critic_hidden_dim=12,

@@ -17,7 +17,7 @@ from mtrl_famo.agents.sac import MultiTaskSAC, actor_loss, critic_loss
 from mtrl_famo.agents.soft_modular import SoftModularNetwork
 from mtrl_famo.task_gradients import per_task_gradients
 
-from tiny_setup import ACT, OBS, K, actor_data, critic_data
+from tiny_setup import OBS, K, actor_data, critic_data, tiny_agent
 
 # Tiny sizes; soft_modular with 3 layers so that the routing's skip connections are exercised.
 OPTIONS = {
@@ -37,25 +37,16 @@ def make_agent(
     critic_hidden_dim: int | None = None,
     critic_layernorm: bool = False,
 ) -> MultiTaskSAC:
-    torch.manual_seed(seed)
-    return MultiTaskSAC(
-        OBS,
-        ACT,
-        K,
-        heads="per_task",
-        alpha="per_task",
+    return tiny_agent(
+        dtype,
+        seed,
         init=init,
-        hidden_dim=8,
         num_layers=LAYERS[network],
-        discount=0.99,
-        init_temperature=1.0,
-        log_std_min=-20.0,
-        log_std_max=2.0,
         network=network,
         network_options=OPTIONS[network],
         critic_hidden_dim=critic_hidden_dim,
         critic_layernorm=critic_layernorm,
-    ).to(dtype)
+    )
 
 
 def test_every_registered_network_is_tested() -> None:
@@ -367,23 +358,8 @@ def test_reset_multihead_equals_a_fresh_construction(init: str) -> None:
 
 def test_reset_law_matches_construction_statistically() -> None:
     """A wide layer's weights after a reset are uniform on the init bound: mean ~ 0, variance ~ b^2/3."""
-    agent = MultiTaskSAC(
-        OBS,
-        ACT,
-        K,
-        heads="per_task",
-        alpha="per_task",
-        init="xavier",
-        hidden_dim=512,
-        num_layers=2,
-        discount=0.99,
-        init_temperature=1.0,
-        log_std_min=-20.0,
-        log_std_max=2.0,
-        network="moore",
-        network_options={"num_experts": 2},
-        critic_hidden_dim=None,
-        critic_layernorm=False,
+    agent = tiny_agent(
+        torch.float32, init="xavier", hidden_dim=512, network="moore", network_options={"num_experts": 2}
     )
     agent.reset_parameters(["actor"], torch.Generator().manual_seed(0))
     weight = agent.actor.net.experts[1].weight  # [k, 512, 512]

@@ -17,6 +17,8 @@ from mtrl_famo.build import build_agent, build_learner, build_replay
 from mtrl_famo.config import compose
 from mtrl_famo.learner import SACLearner
 
+from tiny_setup import fill_with_random_transitions
+
 K, OBS, ACT = 2, 41, 4
 
 
@@ -27,14 +29,7 @@ def learner_after_updates(*overrides: str, updates: int = 3) -> SACLearner:
     agent = build_agent(config.agent, OBS, ACT, K, torch.device("cpu"))
     learner = build_learner(config.agent, config.balancer, agent, generator)
     replay = build_replay(config.agent, K, OBS, ACT, torch.device("cpu"), generator)
-    for _ in range(8):
-        replay.add(
-            obs=torch.randn(K, OBS),
-            action=torch.rand(K, ACT) * 2 - 1,
-            reward=torch.randn(K),
-            next_obs=torch.randn(K, OBS),
-            terminated=torch.zeros(K),
-        )
+    fill_with_random_transitions(replay, 8)
     for _ in range(updates):
         learner.update(replay.sample(4))
     return learner

@@ -2,35 +2,59 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from mtrl_famo.agents.sac import MultiTaskSAC
 from mtrl_famo.balancers import GradientManipulation
+from mtrl_famo.replay import TaskReplay
 
 K, B, OBS, ACT = 3, 5, 4, 2  # tasks, transitions per task, observation and action sizes
 
 
-def tiny_agent(dtype: torch.dtype = torch.float64, seed: int = 0) -> MultiTaskSAC:
-    """The real agent with tiny widths, so the checks cover the real trunk/head layout."""
+def tiny_agent(dtype: torch.dtype = torch.float64, seed: int = 0, **overrides: Any) -> MultiTaskSAC:
+    """The real agent with tiny widths, so the checks cover the real trunk/head layout. `overrides`
+    replace any of its sizes (`obs_dim`, `action_dim`, `num_tasks`) or constructor keywords."""
+    options = {
+        "obs_dim": OBS,
+        "action_dim": ACT,
+        "num_tasks": K,
+        "heads": "per_task",
+        "alpha": "per_task",
+        "init": "pytorch",
+        "hidden_dim": 8,
+        "num_layers": 2,
+        "discount": 0.99,
+        "init_temperature": 1.0,
+        "log_std_min": -20.0,
+        "log_std_max": 2.0,
+        "network": "multihead",
+        "network_options": {},
+        "critic_hidden_dim": None,
+        "critic_layernorm": False,
+    }
+    unknown = set(overrides) - set(options)
+    if unknown:
+        raise TypeError(f"tiny_agent got unknown option(s) {sorted(unknown)}.")
+    options.update(overrides)
     torch.manual_seed(seed)
-    return MultiTaskSAC(
-        OBS,
-        ACT,
-        K,
-        heads="per_task",
-        alpha="per_task",
-        init="pytorch",
-        hidden_dim=8,
-        num_layers=2,
-        discount=0.99,
-        init_temperature=1.0,
-        log_std_min=-20.0,
-        log_std_max=2.0,
-        network="multihead",
-        network_options={},
-        critic_hidden_dim=None,
-        critic_layernorm=False,
-    ).to(dtype)
+    shape = (options.pop("obs_dim"), options.pop("action_dim"), options.pop("num_tasks"))
+    return MultiTaskSAC(*shape, **options).to(dtype)
+
+
+def fill_with_random_transitions(replay: TaskReplay, count: int) -> None:
+    """Add `count` vector steps of random transitions (standard-normal observations and rewards,
+    uniform actions in [-1, 1], none terminal) to `replay`."""
+    k, obs_dim, action_dim = replay.num_tasks, replay.storage["obs"].shape[-1], replay.storage["action"].shape[-1]
+    for _ in range(count):
+        replay.add(
+            obs=torch.randn(k, obs_dim),
+            action=torch.rand(k, action_dim) * 2 - 1,
+            reward=torch.randn(k),
+            next_obs=torch.randn(k, obs_dim),
+            terminated=torch.zeros(k),
+        )
 
 
 def critic_data(
