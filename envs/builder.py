@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "benchmark_task_names",
     "build_env",
     "known_task_names",
+    "metaworld_benchmark",
     "sub_env_factories",
     "worker_count",
 ]
@@ -119,24 +121,50 @@ class MultiTaskEnv:
         self.vector.close()
 
 
+@functools.lru_cache(maxsize=128)  # a 50-task list under two seeds; MT50 is under 1 MB
+def metaworld_benchmark(name: str, seed: int) -> Any:
+    """Metaworld's benchmark object of MT10/MT25/MT50 (`name` "mt10", ...) or of one task (`metaworld.MT1`),
+    seeded with `seed`: its class table and every task's 50 goals.
+
+    Drawing the goals builds and resets each task's env 50 times, about 1 s of CPU per task, and its
+    result is a function of (name, seed) alone (Metaworld seeds NumPy's global generator for the draw
+    and restores it after), so it is drawn once per process: the training env, the evaluation env and
+    the runs of one process (a Hydra multirun) share it. Its tasks are immutable named tuples; callers
+    hand each sub-env its own list, which Metaworld's pseudorandom wrapper shuffles in place.
+    """
+    import metaworld
+
+    if name in METAWORLD_BENCHMARKS:
+        return getattr(metaworld, name.upper())(seed=seed)
+    return metaworld.MT1(name, seed=seed)
+
+
+def _sub_env(*, tasks: Sequence[Any], **kwargs: Any) -> gym.Env:
+    """Metaworld's `_init_each_env` with a list of `tasks` of its own: the pseudorandom goal wrapper
+    shuffles its list in place, and a factory may be called more than once."""
+    import metaworld
+
+    return metaworld._init_each_env(tasks=list(tasks), **kwargs)
+
+
 def sub_env_factories(spec: EnvSpec, seed: int, common: dict[str, Any]) -> list[Callable[[], gym.Env]]:
     """One factory per task, row order, building exactly the sub-envs `build_env` builds.
 
     MT10/MT25/MT50: what Metaworld's registered `Meta-World/MT10|MT25|MT50` does (`metaworld.make_mt_envs`):
     one benchmark object seeded once with `seed` draws every task's 50 goals (so each task's goals
     depend on the tasks before it), and every sub-env gets that same `seed`. Single tasks and custom
-    lists: `make_mt_envs` per task with `seed + index`, as `Meta-World/custom-mt-envs` (but seed 0 stays 0).
+    lists: what `make_mt_envs` does for one task name, per task with `seed + index` (an `MT1` benchmark
+    of that seed and `_init_each_env`), as `Meta-World/custom-mt-envs` (but seed 0 stays 0). The
+    benchmarks come from `metaworld_benchmark` (drawn once per process).
     """
-    import metaworld
-
     names = spec.task_names()
     if spec.name in METAWORLD_BENCHMARKS:
-        benchmark = getattr(metaworld, spec.name.upper())(seed=seed)
+        benchmark = metaworld_benchmark(spec.name, seed)
         return [
             partial(
-                metaworld._init_each_env,
+                _sub_env,
                 env_cls=env_cls,
-                tasks=[task for task in benchmark.train_tasks if task.env_name == name],
+                tasks=tuple(task for task in benchmark.train_tasks if task.env_name == name),
                 seed=seed,
                 env_id=index,
                 num_tasks=len(names),
@@ -144,10 +172,21 @@ def sub_env_factories(spec: EnvSpec, seed: int, common: dict[str, Any]) -> list[
             )
             for index, (name, env_cls) in enumerate(benchmark.train_classes.items())
         ]
-    return [
-        partial(metaworld.make_mt_envs, task, num_tasks=len(names), env_id=index, seed=seed + index, **common)
-        for index, task in enumerate(names)
-    ]
+    factories = []
+    for index, task in enumerate(names):
+        benchmark = metaworld_benchmark(task, seed + index)
+        factories.append(
+            partial(
+                _sub_env,
+                env_cls=benchmark.train_classes[task],
+                tasks=tuple(benchmark.train_tasks),
+                seed=seed + index,
+                env_id=index,
+                num_tasks=len(names),
+                **common,
+            )
+        )
+    return factories
 
 
 def _gymnasium_vector(vector_cls: type[gym.vector.VectorEnv], strategy: str) -> Vectorizer:
@@ -187,9 +226,9 @@ def build_env(spec: EnvSpec, seed: int, *, every_goal_in_turn: bool = False) -> 
     random goals only) visits the 50 goals in a seeded shuffled order, one per episode.
 
     MT10/MT25/MT50 use Metaworld's registered `Meta-World/MT10|MT25|MT50` vector envs. Single tasks and
-    custom lists use the same per-task factory (`metaworld.make_mt_envs`) that the registered
-    `Meta-World/custom-mt-envs` uses, built here because that entry point turns seed 0 into
-    "unseeded" (`seed=None if not seed else seed + idx`), which would break reproducibility.
+    custom lists build what the per-task factory (`metaworld.make_mt_envs`) of the registered
+    `Meta-World/custom-mt-envs` builds (`sub_env_factories`), here because that entry point turns seed
+    0 into "unseeded" (`seed=None if not seed else seed + idx`), which would break reproducibility.
     """
     spec.validate()
     names = spec.task_names()

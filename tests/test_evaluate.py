@@ -27,19 +27,10 @@ from mtrl_famo.evaluator import Evaluator
 from mtrl_famo.trainer import Trainer
 
 from conftest import TINY_RUN
-from tiny_setup import cached_metaworld_goals
 
 TASKS = ("reach-v3", "push-v3")
 HAND, GOAL = slice(0, 3), slice(36, 39)  # positions inside Metaworld's 39-dim observation
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _goals_drawn_once():
-    """Nearly every test here builds envs of the same two tasks and seed: their goals are drawn once."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        cached_metaworld_goals(monkeypatch)
-        yield
 
 
 def spec(max_episode_steps: int, goals: str = "random") -> EnvSpec:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mtrl_famo.config import compose
-from mtrl_famo.envs.builder import METAWORLD_OBS_DIM, EnvSpec, sub_env_factories
+from mtrl_famo.envs.builder import METAWORLD_OBS_DIM, EnvSpec, metaworld_benchmark, sub_env_factories
 
 K = 25
 
@@ -37,10 +37,15 @@ def mt25_spec(one_hot: bool = True) -> EnvSpec:
 
 @contextmanager
 def no_goal_sampling() -> Iterator[None]:
-    """Metaworld benchmarks built without their goals (seconds per task); the class tables stay as they are."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(metaworld, "_make_tasks", lambda *args, **kwargs: [])
-        yield
+    """Metaworld benchmarks built without their goals (seconds per task); the class tables stay as they are.
+    The process's benchmark cache is emptied on the way in and out: no goal-less benchmark outlives this."""
+    metaworld_benchmark.cache_clear()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(metaworld, "_make_tasks", lambda *args, **kwargs: [])
+            yield
+    finally:
+        metaworld_benchmark.cache_clear()
 
 
 def test_mt25_is_metaworlds_own_task_list_and_order() -> None:

@@ -17,7 +17,6 @@ from mtrl_famo.config import compose
 from mtrl_famo.trainer import Trainer
 
 from conftest import DETERMINISTIC_TAGS, tb_scalars
-from tiny_setup import cached_metaworld_goals
 
 HORIZON, WARMUP, STEPS = 4, 3, 12
 TINY = [
@@ -37,15 +36,6 @@ TINY = [
     "log.every=4",
     "log.conflicts_every=1",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _goals_drawn_once():
-    """Every test builds envs of the same two tasks and seed (forked workers inherit the cache): their
-    goals are drawn once."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        cached_metaworld_goals(monkeypatch)
-        yield
 
 
 def trainer(tmp_path: Path, *overrides: str) -> Trainer:

@@ -20,7 +20,6 @@ from mtrl_famo import checkpoint
 from mtrl_famo.config import compose
 
 from conftest import DETERMINISTIC_TAGS, TINY_RUN, run_cli, start_cli, tb_scalars, wait_for
-from tiny_setup import cached_metaworld_goals
 
 # 40-step episodes, checkpoints at every episode end: interruptions land between checkpoints.
 RESUME_RUN = [*TINY_RUN, "steps=240", "checkpoint.every=40", "log.every=10"]
@@ -29,15 +28,6 @@ RESUME_RUN = [*TINY_RUN, "steps=240", "checkpoint.every=40", "log.every=10"]
 # TINY_RUN's): the same results (tests/test_background_eval.py), a key that may change on resume
 # (comparable_config), and no evaluation interpreter to start (~3 s of CPU each).
 INTERRUPTED = "eval.background=true"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _goals_drawn_once():
-    """The in-process runs build envs of the same three tasks and seed again and again: their goals are
-    drawn once (the CLI runs are processes of their own and draw them as ever)."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        cached_metaworld_goals(monkeypatch)
-        yield
 
 
 def interrupt_at(step: int, signum: signal.Signals, run_dir: Path, *overrides: str) -> str:

@@ -121,25 +121,3 @@ def tiny_trainer(run_dir, *overrides: str):
             *overrides,
         )
     )
-
-
-def cached_metaworld_goals(monkeypatch) -> None:
-    """Through `monkeypatch`, Metaworld draws each task's 50 goals (`metaworld._make_tasks`: an env built
-    and reset 50 times, about 1 s of CPU per task) once per process and seed, instead of at every env
-    build. Its result is a function of its arguments alone (a given seed is set and the global NumPy
-    state restored around it; None is not cached), so every env is built from the same goals as
-    before; for tests that build many envs of the same tasks and are not about building them."""
-    import metaworld
-
-    original = metaworld._make_tasks
-    cache: dict = {}
-
-    def make_tasks(classes, args_kwargs, kwargs_override, seed=None):
-        if seed is None:
-            return original(classes, args_kwargs, kwargs_override, seed=seed)
-        key = (tuple(classes.items()), repr(args_kwargs), repr(kwargs_override), seed)
-        if key not in cache:
-            cache[key] = original(classes, args_kwargs, kwargs_override, seed=seed)
-        return list(cache[key])
-
-    monkeypatch.setattr(metaworld, "_make_tasks", make_tasks)
