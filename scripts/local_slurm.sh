@@ -72,6 +72,9 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 SchedulerType=sched/backfill
+# One node and a few jobs: look at pending jobs every second, not every 60 s (main loop) and 30 s
+# (backfill), so that a job whose start time has come (a re-queued one, below) starts at once.
+SchedulerParameters=sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
