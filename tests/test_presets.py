@@ -23,8 +23,9 @@ TINY = [
     "agent.warmup_steps=100",
     "agent.replay_size=2000",
     "steps=300",
-    "eval.every=150",
+    "eval.every=300",  # one evaluation, at the end: on 500-step episodes it costs more than the training
     "eval.episodes=2",
+    "eval.background=false",  # no evaluation interpreter to start (tests/test_background_eval.py runs one)
     "device=cpu",
     "progress=false",
 ]
