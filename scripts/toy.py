@@ -73,7 +73,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,9 @@ def run_starts(
     scale: float = 1.0,
     lr: float = 1e-3,
     options: dict[str, Any] | None = None,
+    *,
+    stop: Callable[[int, np.ndarray], bool] | None = None,
+    check_every: int = 100,
 ) -> list[np.ndarray]:
     """Trajectories `[steps_s + 1, 2]` from S start points, one balancer object per start.
 
@@ -305,6 +308,10 @@ def run_starts(
     `[2]` (a row of one `[S, 2]` tensor) with its own balancer, all stepped by one optimiser (Adam is
     element-wise, so this equals separate runs); a start whose budget is spent leaves the batch (no
     `.grad`, so Adam skips it). Runs on one torch thread (restored after).
+
+    `stop(s, x)`, if given, is asked every `check_every` steps about each start s still running, with
+    its current point x (`[2]`, float64): True ends that start's run there (its trajectory is then
+    shorter than its budget; the other starts go on unchanged).
 
     Each step is the library loop of docs/library.md, as `SACLearner._balanced_step` runs it: the
     public `balancers.backward` (x is the shared parameter), the learner's optimiser
@@ -318,28 +325,41 @@ def run_starts(
     budgets = [int(steps)] * count if np.ndim(steps) == 0 else [int(n) for n in steps]  # type: ignore[union-attr]
     if len(budgets) != count or min(budgets, default=0) < 0:
         raise ValueError(f"steps must be one non-negative budget or one per start ({count}), got {steps}.")
+    if check_every < 1:
+        raise ValueError(f"check_every must be at least 1, got {check_every}.")
     objects = [balancers.make(balancer_name, 2, **(options or {})) for _ in range(count)]
     if not count:
         return []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2-element tensors: threads only add overhead
     try:
-        trajectory = _run(objects, start_array, budgets, scale, lr, loss_shift(balancer_name, scale))
+        trajectory, budgets = _run(
+            objects, start_array, budgets, scale, lr, loss_shift(balancer_name, scale), stop, check_every
+        )
     finally:
         torch.set_num_threads(threads)
     return [trajectory[: budget + 1, s].numpy() for s, budget in enumerate(budgets)]
 
 
 def _run(
-    objects: list[Any], start_array: np.ndarray, budgets: list[int], scale: float, lr: float, shift: np.ndarray
-) -> torch.Tensor:
-    """The loop of `run_starts`: the trajectory `[max(budgets) + 1, S, 2]` (NaN past a start's budget).
+    objects: list[Any],
+    start_array: np.ndarray,
+    budgets: list[int],
+    scale: float,
+    lr: float,
+    shift: np.ndarray,
+    stop: Callable[[int, np.ndarray], bool] | None = None,
+    check_every: int = 100,
+) -> tuple[torch.Tensor, list[int]]:
+    """The loop of `run_starts`: the trajectory `[max(budgets) + 1, S, 2]` (NaN past a start's budget)
+    and each start's budget, cut short where `stop` ended it.
 
     The points are rows of one `[S, 2]` tensor (each row its own leaf parameter, stepped in place by
     the fused Adam), so one copy per step records every start. Only tensor creation and Python
     bookkeeping happen here besides the library calls; everything per start that can be done once is.
     """
     count = len(start_array)
+    budgets = list(budgets)
     shift_tensor = torch.as_tensor(shift, dtype=DTYPE)
     shifted = bool(shift_tensor.any())
     flat = torch.tensor(start_array.tolist(), dtype=DTYPE)  # [S, 2]; rows are the parameters
@@ -352,13 +372,15 @@ def _run(
         loss = torch.tensor(point_losses_and_jacobian(x1, x2, scale)[:2], dtype=DTYPE)
         return loss - shift_tensor if shifted else loss
 
-    steps = max(budgets)
-    trajectory = torch.full((steps + 1, count, 2), math.nan, dtype=DTYPE)
+    trajectory = torch.full((max(budgets) + 1, count, 2), math.nan, dtype=DTYPE)
     trajectory[0] = flat
-    # Per-step work only changes when a start's budget runs out: precompute each stretch's lists.
-    ends = sorted({b for b in budgets if 0 < b < steps} | {steps})
+    # Per-step work only changes when a start's budget runs out (or `stop` may end one): each stretch
+    # between those steps gets its lists once.
     begin = 0
-    for end in ends:
+    while begin < max(budgets):
+        end = min(b for b in budgets if b > begin)
+        if stop is not None:
+            end = min(end, (begin // check_every + 1) * check_every)
         for s in range(count):  # spent: no .grad, so the optimiser skips it
             if budgets[s] <= begin:
                 points[s].grad = None
@@ -387,7 +409,11 @@ def _run(
                 else:
                     trajectory[step + 1, rows] = flat[rows]
         begin = end
-    return trajectory
+        if stop is not None and begin % check_every == 0:
+            for s in rows:
+                if budgets[s] > begin and stop(s, trajectory[begin, s].double().numpy()):
+                    budgets[s] = begin
+    return trajectory, budgets
 
 
 def run_batch(

@@ -16,12 +16,12 @@ from mtrl_famo.config import compose
 from mtrl_famo.envs import build_env, evaluate
 from mtrl_famo.trainer import Trainer
 
-pytestmark = pytest.mark.slow  # 20k steps of SAC: about three minutes of one core
+pytestmark = pytest.mark.slow  # 20k steps of SAC: about 100 s of one core
 
 REACH = [
     "env=mt1",
     "env.task=reach-v3",
-    "agent.hidden_dim=128",
+    "agent.hidden_dim=64",  # 128 learns no better here (0.25 vs 0.35 below) at 1.5x the time of an update
     "agent.num_layers=2",
     "agent.warmup_steps=1000",
     "steps=20000",
@@ -34,9 +34,10 @@ REACH = [
     "progress=false",
 ]
 
-# Seed 0 reached 0.40 and, after float-level changes to the update (fused Adam) and the overlapped
-# loop, 0.25: the run is chaotic, so the margin asks for 4x the random policy's rate, not more.
-# A run that does not learn stays at the random policy's 0.05.
+# With 128-wide layers seed 0 reached 0.40 and, after float-level changes to the update (fused Adam)
+# and the overlapped loop, 0.25; with 64-wide layers 0.35 (seed 1: 0.45 at 15k steps, 0.00 at 20k).
+# The run is chaotic, so the margin asks for 4x the random policy's rate, not more. A run that does not
+# learn stays at the random policy's 0.05.
 MARGIN = 0.15
 
 
