@@ -34,8 +34,8 @@ HOOKS = Path(__file__).resolve().parent / "hooks"
 # these, in collection order.
 FILE_CPU_S = {
     "test_slurm_sweep.py": 300,  # little CPU here, but minutes of waiting for its Slurm jobs: start it first
-    "test_learning.py": 172,
-    "test_toy.py": 230,
+    "test_learning.py": 100,
+    "test_toy.py": 185,
     "test_resume.py": 100,
     "test_balancer_runs.py": 105,  # with test_cli.py (one group)
     "test_evaluate.py": 27,
@@ -44,7 +44,7 @@ FILE_CPU_S = {
     "test_env_workers.py": 43,
     "test_report.py": 33,
     "test_background_eval.py": 31,
-    "test_presets.py": 26,
+    "test_presets.py": 14,
     "test_overlap.py": 13,
     "test_protocol_env.py": 22,
     "test_packaging.py": 19,
