@@ -25,12 +25,12 @@ REPO = Path(__file__).resolve().parent.parent
 HOOKS = Path(__file__).resolve().parent / "hooks"
 
 # ----- the suite in parallel (pytest-xdist) and its fast tier -----------------------------------------
-# pyproject.toml runs `-n auto --dist loadfile --no-loadscope-reorder`: a test file's tests run on one
-# worker and share its module fixtures, and the scheduler below keeps two files that share a session's
-# runs on one worker too (pytest-xdist's own `loadgroup` cannot: it renames node ids, which pytest 9
-# ignores). The workers take the files in the order set here: by CPU seconds of each file (measured
-# with a per-test CPU plugin, `-n 2`, 2-core machine), the longest first, so that none of them starts
-# last and keeps the suite waiting. A stale entry only costs balance; a file not listed goes after
+# pyproject.toml runs `-n auto --dist loadfile --no-loadscope-reorder` (auto: see
+# `pytest_xdist_auto_num_workers` below): a test file's tests run on one worker and share its module
+# fixtures, and the scheduler below keeps two files that share a session's runs on one worker too
+# (pytest-xdist's own `loadgroup` cannot: it renames node ids, which pytest 9 ignores). The workers take
+# the files in the order set here: by seconds of each file (2-core machine), the longest first, so that
+# none of them starts last and keeps the suite waiting. A stale entry only costs balance; a file not listed goes after
 # these, in collection order.
 FILE_CPU_S = {
     "test_slurm_sweep.py": 300,  # little CPU here, but minutes of waiting for its Slurm jobs: start it first
@@ -126,6 +126,15 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         item.add_marker(pytest.mark.slow)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """What `-n auto` means here: one worker per core this process may use, plus one. Many tests wait on
+    processes they start (CLI runs, Slurm jobs and their scheduling, evaluation workers), and the extra
+    worker keeps the cores busy meanwhile (full suite on this 2-core machine, one run each, an hour
+    apart: 489 s with 2 workers, 466 s with 3)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores + 1
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """`--dist loadfile`, with the files of a SHARED_GROUPS entry as one unit of work."""
     if config.getvalue("dist") != "loadfile":
@@ -215,7 +224,16 @@ def tiny_balancer_runs(tiny_cli_run, tmp_path_factory: pytest.TempPathFactory):
 
     others = [name for name in NAMES if name not in SINGLE_RUN_BALANCERS]
     sweep = tmp_path_factory.mktemp("tiny-sweep") / "sweep"
-    result = run_cli("-m", *TINY_RUN, f"balancer={','.join(others)}", f"hydra.sweep.dir={sweep}", cwd=sweep.parent)
+    # In-process sub-envs (env.vector_strategy=sync): no env worker to fork and feed for each of these runs,
+    # which are about the balancers; the default workers path is tiny_cli_run's (mtsac and famo).
+    result = run_cli(
+        "-m",
+        *TINY_RUN,
+        "env.vector_strategy=sync",
+        f"balancer={','.join(others)}",
+        f"hydra.sweep.dir={sweep}",
+        cwd=sweep.parent,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     dirs = {name: sweep / "custom" / "multihead" / name / "seed=0" for name in others}
     for name in SINGLE_RUN_BALANCERS:
