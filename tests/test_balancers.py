@@ -339,6 +339,46 @@ def test_cagrad_warm_start_across_calls_still_solves_each_problem() -> None:
         assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
 
 
+def test_cagrad_solves_each_support_once_and_the_cache_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dual's `affine_pair` is solved once per support and problem: over warm-started solves of
+    random problems (K = 2..10, c from 0.1 to 2, some with the origin in the hull), the solutions are
+    bit-identical to solving every request afresh, and no support of a problem is solved twice."""
+    from mtrl_famo.balancers import cagrad
+
+    def solves(fresh: bool) -> tuple[list, list]:
+        solved: list[tuple] = []  # (the problem's dual, support); holding the dual keeps its id unique
+        original = cagrad._Dual._solve_affine_pair
+
+        def counting(self, support):
+            solved.append((self, tuple(support.tolist())))
+            return original(self, support)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(cagrad._Dual, "_solve_affine_pair", counting)
+            if fresh:
+                patch.setattr(cagrad._Dual, "affine_pair", counting)
+            results = []
+            for k, c in itertools.product((2, 3, 6, 10), (0.1, 0.5, 2.0)):
+                balancer = make("cagrad", k, c=c, rescale=0)
+                for seed in range(4):
+                    grads = random_grads(k, seed=1000 * k + seed)
+                    if seed == 3:
+                        grads[-1] = -grads[:-1].sum(0)  # the origin in the convex hull
+                    gram = grads @ grads.T
+                    results.append(balancer.solve(gram, cagrad.gram_resolution(torch.float64, grads.shape[1]), 1.0))
+        return results, solved
+
+    cached, solved = solves(fresh=False)
+    fresh, requested = solves(fresh=True)
+    once = {(id(dual), support) for dual, support in solved}
+    assert len(solved) == len(once) < len(requested)  # each support once per problem; the cache was used
+    for a, b in zip(cached, fresh, strict=True):
+        for field in ("weights", "pair", "cone"):
+            x, y = getattr(a, field), getattr(b, field)
+            assert (x is None and y is None) or np.array_equal(x, y), field
+        assert (a.step, a.converged, a.cycles) == (b.step, b.converged, b.cycles)
+
+
 @pytest.mark.parametrize("scale", [1e-4, 1e4])
 def test_cagrad_is_scale_equivariant(scale: float) -> None:
     """Real gradients are tiny or huge; the solve must not depend on their units."""

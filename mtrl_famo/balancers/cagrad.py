@@ -110,6 +110,7 @@ class _Dual:
         self.resolution = resolution
         self.degenerate = degenerate
         self.tol = tol
+        self._pairs: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, float, float]] = {}  # `affine_pair`
 
     def value(self, w: np.ndarray) -> tuple[float, float]:
         """(h(w), |g_w|)."""
@@ -121,9 +122,16 @@ class _Dual:
         return rho**2 <= self.degenerate * float(np.abs(w) @ self.norms) ** 2
 
     def affine_pair(self, support: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """(w_a, w_b, nu, beta) on the support: see the module docstring. Solved on the cosine
-        matrix with the border scaled to at most 1 (affinely dependent supports, e.g. repeated
-        gradients, get the minimum-norm solution)."""
+        """(w_a, w_b, nu, beta) on the support: see the module docstring. Solved once per support (the
+        last minor cycle and the converged solution ask for the same one); callers only read it."""
+        key = tuple(support.tolist())
+        if key not in self._pairs:
+            self._pairs[key] = self._solve_affine_pair(support)
+        return self._pairs[key]
+
+    def _solve_affine_pair(self, support: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """`affine_pair`, solved on the cosine matrix with the border scaled to at most 1 (affinely
+        dependent supports, e.g. repeated gradients, get the minimum-norm solution)."""
         norms = self.norms[support]
         cosine = self.a[np.ix_(support, support)] / np.outer(norms, norms)
         smallest = float(norms.min())
