@@ -23,7 +23,7 @@ from conftest import DETERMINISTIC_TAGS, REPO, TINY_RUN, cli_environment, tb_sca
 
 pytestmark = pytest.mark.slow  # a real Slurm cluster and sweeps through it
 
-STEPS = 400
+STEPS = 240  # evaluations at 80, 160, 240; interrupted jobs resume from 80 (PAUSE_AT below)
 SWEEP_RUN = [
     *(o for o in TINY_RUN if not o.startswith(("steps=", "eval.every="))),
     f"steps={STEPS}",
