@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def run_setup(balancer: str, setup_name: str, budgets: dict[tuple[float, float],
     return toy.run_starts(balancer, list(budgets), list(budgets.values()), setup.scale, setup.lr, options)
 
 
-def run_until(balancer: str, setup_name: str, arrived) -> list[np.ndarray]:
+def run_until(balancer: str, setup_name: str, arrived: Callable[[np.ndarray], bool]) -> list[np.ndarray]:
     """One trajectory per start of the paper's setup, each ending at its first check (every 100 steps)
     where `arrived(x)` holds, or at the paper's budget."""
     setup = toy.SETUPS[setup_name]
