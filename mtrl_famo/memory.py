@@ -14,7 +14,7 @@ import torch
 
 from mtrl_famo import balancers
 from mtrl_famo.balancers import GradientManipulation
-from mtrl_famo.balancers.backprop import decides_from_gram
+from mtrl_famo.balancers.backprop import combines_blocks, decides_from_gram
 from mtrl_famo.compiled_update import resolve_compile, resolve_cuda_graph
 from mtrl_famo.config import BALANCED_LOSSES, AgentConfig, BalancerConfig, ConfigError, Purpose, TrainConfig
 from mtrl_famo.envs.builder import worker_count
@@ -112,8 +112,8 @@ def estimate_memory(
       parameters. The target critics and FAMO's after-step recomputation run without grad: their
       activations are freed layer by layer and stay below the step's own. A gradient balancer on
       a loss adds its `[K, D]` per-task gradients of the shared parameters: once (per parameter) for a
-      method that decides from their Gram matrix, twice for one that takes them concatenated for
-      `combine` (`mtrl_famo.balancers.backprop.decides_from_gram`).
+      method that decides from their Gram matrix or from their blocks, twice for one that takes them
+      concatenated for `combine` (`mtrl_famo.balancers.backprop.decides_from_gram`, `combines_blocks`).
 
     Against torch's own allocation records of one CPU update (tests/test_memory.py) the update
     part came out 0.87x to 1.25x the measured peak, from K=1 to 50, hidden 8 to 1024, 8 to 1024
@@ -147,7 +147,8 @@ def estimate_memory(
     critic_step = 2 * kept_critic + rows * critic_in + backward + 2 * critic_params
     actor_step = kept_actor + 8 * rows * action_dim + 2 * kept_critic + rows * critic_in + backward + 2 * actor_params
     method = balancers.REGISTRY[balancer.name]
-    copies = (1 if decides_from_gram(method) else 2) if issubclass(method, GradientManipulation) else 0
+    stacked = not (decides_from_gram(method) or combines_blocks(method))
+    copies = (2 if stacked else 1) if issubclass(method, GradientManipulation) else 0
     if "critic" in balancer.apply_to:
         critic_step += copies * k * critic_trunk
     if "actor" in balancer.apply_to:

@@ -29,7 +29,7 @@ from mtrl_famo.balancers import (
     make,
     options_of,
 )
-from mtrl_famo.balancers.backprop import auto_jacobian, decides_from_gram
+from mtrl_famo.balancers.backprop import auto_jacobian, combines_blocks, decides_from_gram
 
 from conftest import REPO
 
@@ -200,6 +200,9 @@ def test_the_kinds_are_all_covered() -> None:
     assert any(isinstance(b, LossWeighting) for b in kinds)
     assert any(decides_from_gram(b) for b in kinds)
     assert any(isinstance(b, GradientManipulation) and not isinstance(b, GramMixing) for b in kinds)
+    # Only a method that overrides combine_blocks gets J's blocks (CAGrad); none that decides from Gram does.
+    assert [name for name in NAMES if combines_blocks(REGISTRY[name])] == ["cagrad"]
+    assert not combines_blocks(EqualMix) and not combines_blocks(EqualMixFromGram)
 
 
 def test_result_carries_the_gram_matrix_and_losses() -> None:

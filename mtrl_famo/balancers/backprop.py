@@ -259,6 +259,13 @@ def decides_from_gram(balancer: Balancer | type[Balancer]) -> bool:
     return issubclass(cls, GramMixing) and cls.combine is GramMixing.combine
 
 
+def combines_blocks(balancer: Balancer | type[Balancer]) -> bool:
+    """Whether the public backward hands this gradient method J's column blocks, one per shared parameter,
+    never stacked (it overrides `combine_blocks`: CAGrad), rather than the stacked `[K, D]` Jacobian."""
+    cls = balancer if isinstance(balancer, type) else type(balancer)
+    return issubclass(cls, GradientManipulation) and cls.combine_blocks is not GradientManipulation.combine_blocks
+
+
 def apply_gradient_method(
     balancer: GradientManipulation, shared: Sequence[torch.Tensor], jacobian: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -277,7 +284,7 @@ def apply_gradient_method(
         mix = balancer.mix(gram)
         _assign(shared, [torch.tensordot(mix, block, dims=1) for block in jacobian])
         return None, gram
-    if balancer.combines_blocks:  # decides from the blocks themselves (CAGrad): no [K, D] copy either
+    if combines_blocks(balancer):  # decides from the blocks themselves (CAGrad): no [K, D] copy either
         directions, gram = balancer.combine_blocks(flat)
         _assign(shared, [part.view_as(parameter) for part, parameter in zip(directions, shared)])
         return None, gram

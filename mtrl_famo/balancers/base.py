@@ -159,17 +159,15 @@ class GradientManipulation(Balancer):
         # logged beside the loss-weighting methods' weights, on the same scale (mtsac: 1/K each).
         self.last_mix: torch.Tensor | None = None
 
-    # True where `combine_blocks` decides on J's column blocks without stacking `[K, D]`: the public
-    # backward then hands it the blocks (one per shared parameter) instead of concatenating them.
-    combines_blocks: ClassVar[bool] = False
-
     @abstractmethod
     def combine(self, grads: torch.Tensor) -> torch.Tensor:
         """`[K, D]` per-task gradients in, the `[D]` update direction out."""
 
     def combine_blocks(self, blocks: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """`combine` on J given as `[K, n_i]` column blocks: each block's part of d, and the K x K Gram
-        matrix it formed (for the conflict statistics). Only where `combines_blocks`."""
+        matrix it formed (for the conflict statistics). A method that overrides it decides on the blocks
+        without stacking `[K, D]`, and the public backward hands it the blocks
+        (`mtrl_famo.balancers.backprop.combines_blocks`)."""
         raise NotImplementedError(f"{type(self).__name__} combines the stacked [K, D] matrix only.")
 
     def weights(self) -> torch.Tensor | None:

@@ -388,8 +388,6 @@ class CAGrad(HostGramMixing):
         rounding of a vector sum, and |g_w| exact even where the Gram matrix cannot resolve it."""
         return self.combine_blocks([grads])[0][0]
 
-    combines_blocks = True
-
     def combine_blocks(self, blocks: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """`combine` on J as `[K, n_i]` column blocks, never stacked: the Gram matrix is summed block by
         block, then g0 and the one or two solution vectors come out of one `[<=3, K] @ block` product
