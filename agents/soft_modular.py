@@ -124,11 +124,10 @@ class SoftModularNetwork(nn.Module):
             logits = self.route_down[i](r)
             p = torch.softmax(logits if i == last else logits.view(-1, n, n), dim=-1)
             probs.append(p)
-            if i == 0:  # every module reads the same rows: one matmul, rows first, mixed per row
-                y = self._norm(1, layer.rows_first(h))  # [N, n, d]
-                # Mixed per row: [n, N, d] (a view) for the next layer's modules, or the last layer's [N, d].
-                last_mix = torch.relu((p.unsqueeze(-2) @ y).squeeze(-2)) if i == last else None
-                h = torch.relu_(p @ y).transpose(0, 1) if last_mix is None else last_mix
+            if i == 0:  # every module reads the same rows: one matmul, rows first ([N, n, d]), mixed per row
+                y = self._norm(1, layer.rows_first(h))
+                # The only layer: [N, d]; else [n, N, d] (a view) for the next layer's modules.
+                h = torch.relu((p.unsqueeze(-2) @ y).squeeze(-2)) if i == last else torch.relu_(p @ y).transpose(0, 1)
                 continue
             y = self._norm(i + 1, layer(h))  # [n, N, d]
             if i < last:

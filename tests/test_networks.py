@@ -170,23 +170,28 @@ def test_stacked_linear_rows_first_is_its_maps_on_shared_rows() -> None:
     torch.testing.assert_close(layer.rows_first(x), layer(x).transpose(0, 1), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("num_layers", [1, 2])
-def test_soft_modular_shallow_networks_mix_as_defined(num_layers: int) -> None:
-    """Layer 0's rows-first path (the last layer too when there is one) against the routing definition."""
-    torch.manual_seed(6)
-    net = SoftModularNetwork(
+def tiny_soft_modular(out_dim: int, num_layers: int, shared_head: bool) -> SoftModularNetwork:
+    """A float64 Soft Modularization network on 5 inputs, 8 wide, 3 modules (drawn from the global generator)."""
+    return SoftModularNetwork(
         5,
-        3,
+        out_dim,
         8,
         num_layers,
         K,
-        shared_head=False,
+        shared_head=shared_head,
         init="pytorch",
         layernorm=False,
         num_modules=3,
         embedding_dim=6,
         routing_width=5,
     ).double()
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_soft_modular_shallow_networks_mix_as_defined(num_layers: int) -> None:
+    """Layer 0's rows-first path (the last layer too when there is one) against the routing definition."""
+    torch.manual_seed(6)
+    net = tiny_soft_modular(out_dim=3, num_layers=num_layers, shared_head=False)
     x = torch.randn(K, 7, 5, dtype=torch.float64)
     probs = net.routing_weights(x)
     embedding = net.embed[1](torch.relu(net.embed[0](x)))
@@ -204,19 +209,7 @@ def test_soft_modular_shallow_networks_mix_as_defined(num_layers: int) -> None:
 
 def test_soft_modular_routing_is_a_distribution_per_layer_that_depends_on_the_task() -> None:
     torch.manual_seed(3)
-    net = SoftModularNetwork(
-        5,
-        2,
-        8,
-        3,
-        K,
-        shared_head=True,
-        init="pytorch",
-        layernorm=False,
-        num_modules=3,
-        embedding_dim=6,
-        routing_width=5,
-    ).double()
+    net = tiny_soft_modular(out_dim=2, num_layers=3, shared_head=True)
     with torch.no_grad():  # routing far from its near-uniform start, so that differences are visible
         for layer in net.route_down:
             layer.weight.normal_()
