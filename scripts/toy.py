@@ -348,8 +348,8 @@ def _run(
     scale: float,
     lr: float,
     shift: np.ndarray,
-    stop: Callable[[int, np.ndarray], bool] | None = None,
-    check_every: int = 100,
+    stop: Callable[[int, np.ndarray], bool] | None,
+    check_every: int,
 ) -> tuple[torch.Tensor, list[int]]:
     """The loop of `run_starts`: the trajectory `[max(budgets) + 1, S, 2]` (NaN past a start's budget)
     and each start's budget, cut short where `stop` ended it.
@@ -365,8 +365,11 @@ def _run(
     flat = torch.tensor(start_array.tolist(), dtype=DTYPE)  # [S, 2]; rows are the parameters
     points = [flat[s].requires_grad_(True) for s in range(count)]
     optimizer = make_adam(points, lr)
-    apply = ToyLosses.apply
     after_step = [s for s in range(count) if objects[s].needs_losses_after_step]
+
+    def task_losses(x: torch.Tensor) -> torch.Tensor:  # the toy's losses as the balancer sees them
+        values = ToyLosses.apply(x, scale)
+        return values - shift_tensor if shifted else values
 
     def losses_at(x1: float, x2: float) -> torch.Tensor:  # `ToyLosses.apply`'s values, without the node
         loss = torch.tensor(point_losses_and_jacobian(x1, x2, scale)[:2], dtype=DTYPE)
@@ -389,15 +392,7 @@ def _run(
         every = len(active) == count
         rows = [s for s, *_ in active]
         for step in range(begin, end):
-            if shifted:
-                befores = [
-                    backward(apply(x, scale) - shift_tensor, params, balancer, jacobian="loop")
-                    for _, x, params, balancer in active
-                ]
-            else:
-                befores = [
-                    backward(apply(x, scale), params, balancer, jacobian="loop") for _, x, params, balancer in active
-                ]
+            befores = [backward(task_losses(x), params, balancer, jacobian="loop") for _, x, params, balancer in active]
             optimizer.step()
             with torch.no_grad():
                 if updating:
