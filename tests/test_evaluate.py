@@ -20,6 +20,7 @@ from metaworld.evaluation import evaluation
 from omegaconf import OmegaConf
 
 from mtrl_famo.agents.sac import MultiTaskSAC
+from mtrl_famo.build import build_agent
 from mtrl_famo.config import CONFIG_DIR, compose, from_dict
 from mtrl_famo.envs import EnvSpec, build_env
 from mtrl_famo.evaluate import cli
@@ -27,6 +28,7 @@ from mtrl_famo.evaluator import Evaluator
 from mtrl_famo.trainer import Trainer
 
 from conftest import TINY_RUN
+from tiny_setup import tiny_agent
 
 TASKS = ("reach-v3", "push-v3")
 HAND, GOAL = slice(0, 3), slice(36, 39)  # positions inside Metaworld's 39-dim observation
@@ -69,24 +71,8 @@ class ScriptedActor:
 
 
 def random_actor_agent() -> MultiTaskSAC:
-    torch.manual_seed(0)
-    return MultiTaskSAC(
-        39 + len(TASKS),
-        4,
-        len(TASKS),
-        heads="per_task",
-        alpha="per_task",
-        init="pytorch",
-        hidden_dim=16,
-        num_layers=1,
-        discount=0.99,
-        init_temperature=1.0,
-        log_std_min=-20.0,
-        log_std_max=2.0,
-        network="multihead",
-        network_options={},
-        critic_hidden_dim=None,
-        critic_layernorm=False,
+    return tiny_agent(
+        torch.float32, seed=0, obs_dim=39 + len(TASKS), action_dim=4, num_tasks=len(TASKS), hidden_dim=16, num_layers=1
     )
 
 
@@ -231,24 +217,7 @@ def expected_evaluation(run_dir: Path, *overrides: str):
     """What evaluating the checkpoint's weights gives, built here from the composed config."""
     config = compose(*TINY_RUN, "device=cpu", *overrides)
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    agent = MultiTaskSAC(
-        39 + len(TASKS),
-        4,
-        len(TASKS),
-        heads=config.agent.heads,
-        alpha=config.agent.alpha,
-        init=config.agent.init,
-        hidden_dim=config.agent.hidden_dim,
-        num_layers=config.agent.num_layers,
-        discount=config.agent.discount,
-        init_temperature=config.agent.init_temperature,
-        log_std_min=config.agent.log_std_min,
-        log_std_max=config.agent.log_std_max,
-        network=config.agent.network["name"],
-        network_options={key: value for key, value in config.agent.network.items() if key != "name"},
-        critic_hidden_dim=config.agent.critic_hidden_dim,
-        critic_layernorm=config.agent.critic_layernorm,
-    )
+    agent = build_agent(config.agent, *config.env.dims(), len(config.env.task_names()), CPU)
     agent.load_state_dict(state["agent"])
     evaluator = Evaluator(config.env, config.seed, config.eval.episodes, agent, CPU, protocol=config.eval.protocol)
     try:
