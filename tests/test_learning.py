@@ -30,6 +30,9 @@ REACH = [
     # Its one evaluation is at the end: a background worker would only add an interpreter (the same
     # result on CPU, tests/test_background_eval.py).
     "eval.background=false",
+    # One env, stepped in this process: every strategy steps it bit for bit alike (the same run, checked
+    # at 1.6k steps), and a worker process would only add its pipe round trips to each of the 20k steps.
+    "env.vector_strategy=sync",
     "device=cpu",
     "progress=false",
 ]
