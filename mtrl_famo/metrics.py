@@ -1,8 +1,8 @@
-"""Every TensorBoard tag of a run, and the figures waiting to be logged.
+"""Writing a run's TensorBoard tags, and the figures waiting to be logged.
 
 x-axis = environment steps per task. The trainer hands over what happened (update results, the
-drained episode statistics, evaluation results); this module alone decides tag names, so the docs'
-tag list, the report and the tests have one place to agree with.
+drained episode statistics, evaluation results); the tag names come from `mtrl_famo.tags`, the one
+place the docs' tag list, the report and the tests agree with.
 """
 
 from __future__ import annotations
@@ -20,30 +20,22 @@ from mtrl_famo.balancers import Balancer
 from mtrl_famo.envs.evaluation import EvalResult
 from mtrl_famo.learner import UpdateResult
 from mtrl_famo.run_files import VIDEOS_DIR
+from mtrl_famo.tags import (
+    ALPHA,
+    ENV_STEPS_PER_S,
+    EVAL_RETURN,
+    EVAL_SUCCESS,
+    EVAL_VIDEO,
+    LOSS,
+    TRAIN_RETURN,
+    TRAIN_SUCCESS,
+    UPDATE_LAYERS,
+    UPDATE_MS,
+    balancer_prefix,
+    weight_tag,
+)
 from mtrl_famo.video import Video, video_path, write_video
 from mtrl_famo.wandb_logger import WandbRun
-
-EVAL_SUCCESS = "eval/success_rate"  # mean over tasks; per task under f"{EVAL_SUCCESS}/<task>"
-EVAL_RETURN = "eval/return"
-TRAIN_SUCCESS = "train/success_rate"
-TRAIN_RETURN = "train/return"
-LOSS = {"critic_loss": "loss/critic", "actor_loss": "loss/actor", "alpha_loss": "loss/alpha"}
-ALPHA = "alpha"  # per task: alpha/<task>
-ENV_STEPS_PER_S = "perf/env_steps_per_s"
-UPDATE_MS = "perf/update_ms"
-UPDATE_LAYERS = "perf/update_layers"  # text: which update trains (eager, compiled, graph) and why
-EVAL_VIDEO = "eval/video"  # per task: eval/video/<task>, an animated GIF (TensorBoard's images tab)
-
-
-def balancer_prefix(loss: str) -> str:
-    """`balancer/` for the critic (the loss every method balances), `balancer/<loss>/` for others."""
-    return "balancer/" if loss == "critic" else f"balancer/{loss}/"
-
-
-def weight_tag(loss: str) -> str:
-    """Per-task weights, `<prefix>weight/<task>`: a loss-weighting balancer's loss weights, or a
-    gradient method's mixing weights m of its last update (d = m^T G); mtsac's are 1/K for both."""
-    return f"{balancer_prefix(loss)}weight"
 
 
 def conflict_tags(loss: str) -> dict[str, str]:

@@ -50,8 +50,8 @@ from scipy import stats
 
 from mtrl_famo.atomic import atomic_output, write_text_atomic
 from mtrl_famo.config import keys_with_role
-from mtrl_famo.metrics import EVAL_SUCCESS
 from mtrl_famo.run_files import CONFIG_FILE, SUMMARY_FILE
+from mtrl_famo.tags import EVAL_SUCCESS
 
 EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard event files
 TASK_PREFIX = f"{EVAL_SUCCESS}/"

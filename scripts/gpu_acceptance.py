@@ -216,7 +216,7 @@ def cli_run(rate: float | None, timeout: float, overrides: tuple[str, ...] = ())
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from mtrl_famo.config import compose
-    from mtrl_famo.metrics import ENV_STEPS_PER_S, UPDATE_LAYERS, UPDATE_MS
+    from mtrl_famo.tags import ENV_STEPS_PER_S, UPDATE_LAYERS, UPDATE_MS
 
     warmup = compose("env=mt10", "balancer=famo", *overrides).agent.warmup_steps
     # bench_train's rate has no evaluation and no logging: aim at 100 s of it, for about two minutes in all.

@@ -63,14 +63,18 @@ PROTOCOL = {
 }
 
 
-def test_importing_the_schema_imports_neither_torch_nor_gymnasium() -> None:
+def test_importing_the_schema_or_the_report_imports_neither_torch_nor_gymnasium() -> None:
+    """The schema, and the report CLI (it reads event files and configs: `python -m mtrl_famo.report`
+    answers a bad sweep directory before a training stack would have loaded), each in a fresh interpreter."""
     code = (
-        "import sys, mtrl_famo.config\n"
+        "import importlib, sys\n"
+        "importlib.import_module(sys.argv[1])\n"
         "heavy = sorted(name for name in ('torch', 'gymnasium', 'metaworld') if name in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    for module in ("mtrl_famo.config", "mtrl_famo.report"):
+        result = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (module, result.stderr)
 
 
 @pytest.mark.parametrize("role, expected", [("resumable", RESUMABLE), ("shape", SHAPE), ("protocol", PROTOCOL)])

@@ -288,7 +288,7 @@ def test_the_trainer_records_the_update_it_chose(tmp_path, monkeypatch, capsys) 
     trained and why; a required layer that fails stops the run before anything is written."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from mtrl_famo import metrics
+    from mtrl_famo import tags
     from mtrl_famo import trainer as trainer_module
 
     monkeypatch.setattr(compiled_update.torch, "compile", lambda fn, **options: fn)  # a compiler that passes
@@ -306,7 +306,7 @@ def test_the_trainer_records_the_update_it_chose(tmp_path, monkeypatch, capsys) 
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["update"] == summary["update"]
     assert bars == ["update=compiled"]
     events = EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0}).Reload()
-    (text,) = events.Tensors(f"{metrics.UPDATE_LAYERS}/text_summary")
+    (text,) = events.Tensors(f"{tags.UPDATE_LAYERS}/text_summary")
     assert text.tensor_proto.string_val[0].decode().startswith("update=compiled (compiled: on, agrees with the eager")
 
     def failing_compile(fn, **options):

@@ -18,8 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mtrl_famo import evaluate
 from mtrl_famo.config import ConfigError, compose
-from mtrl_famo.metrics import EVAL_VIDEO
 from mtrl_famo.run_files import EVALUATIONS_DIR, VIDEOS_DIR
+from mtrl_famo.tags import EVAL_VIDEO
 from mtrl_famo.video import HEADLESS_BACKENDS, VideoRecorder, check_backend
 
 from observed_run import EPISODE_STEPS, FRAME_STRIDE, LAST_STEPS, TASKS, VIDEO_SIZE, VIDEO_STEPS, observed_run
