@@ -26,6 +26,7 @@ from mtrl_famo.config import (
     benchmark_task_names,
     known_task_names,
 )
+from mtrl_famo.envs.goal_cache import load_or_draw
 from mtrl_famo.envs.step import VectorStep, normalise_step
 from mtrl_famo.envs.workers import WorkerVectorEnv
 
@@ -126,17 +127,18 @@ def metaworld_benchmark(name: str, seed: int) -> Any:
     """Metaworld's benchmark object of MT10/MT25/MT50 (`name` "mt10", ...) or of one task (`metaworld.MT1`),
     seeded with `seed`: its class table and every task's 50 goals.
 
-    Drawing the goals builds and resets each task's env 50 times, about 1 s of CPU per task, and its
+    Drawing the goals builds and resets each task's env 50 times, about 0.8 s of CPU per task, and its
     result is a function of (name, seed) alone (Metaworld seeds NumPy's global generator for the draw
-    and restores it after), so it is drawn once per process: the training env, the evaluation env and
-    the runs of one process (a Hydra multirun) share it. Its tasks are immutable named tuples; callers
-    hand each sub-env its own list, which Metaworld's pseudorandom wrapper shuffles in place.
+    and restores it after), so it is drawn once per machine (`mtrl_famo.envs.goal_cache`, on disk) and
+    held once per process: the training env, the evaluation env and the runs of one process (a Hydra
+    multirun) share it. Its tasks are immutable named tuples; callers hand each sub-env its own list,
+    which Metaworld's pseudorandom wrapper shuffles in place.
     """
     import metaworld
 
     if name in METAWORLD_BENCHMARKS:
-        return getattr(metaworld, name.upper())(seed=seed)
-    return metaworld.MT1(name, seed=seed)
+        return load_or_draw(name, seed, benchmark_task_names(name), lambda: getattr(metaworld, name.upper())(seed=seed))
+    return load_or_draw(name, seed, [name], lambda: metaworld.MT1(name, seed=seed))
 
 
 def _sub_env(*, tasks: Sequence[Any], **kwargs: Any) -> gym.Env:

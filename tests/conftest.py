@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,6 +15,14 @@ from pathlib import Path
 # the suite already runs one pytest-xdist worker per core. Every process the tests start (CLI runs,
 # scripts, their workers) inherits this unless the test sets a thread count itself.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Metaworld's goal draws are cached on disk (mtrl_famo.envs.goal_cache): the suite keeps its own cache,
+# empty when the session starts, so it never reads a developer's cache and every run measures the same
+# work. The process that starts first creates it; the xdist workers and every process the tests start
+# inherit the variable and share it, as a user's processes share theirs.
+if "MTRL_FAMO_CACHE_DIR" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="mtrl_famo-test-cache-")
+    os.environ["MTRL_FAMO_CACHE_DIR"] = _SESSION_CACHE
+    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 import pytest
 import torch
