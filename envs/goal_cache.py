@@ -37,19 +37,31 @@ def cache_dir() -> Path | None:
         return None
     if chosen:
         return Path(chosen).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if not base:
+        try:
+            base = Path.home() / ".cache"
+        except RuntimeError:  # no home directory to be found: no cache, a draw in every process
+            return None
     return Path(base) / "mtrl_famo"
 
 
-def _versions() -> str:
-    """The code a draw depends on: a file drawn by other versions is never read."""
-    return f"metaworld-{importlib.metadata.version('metaworld')}_mujoco-{importlib.metadata.version('mujoco')}"
+def _versions() -> str | None:
+    """The code a draw depends on (a file drawn by other versions is never read); None when an
+    installation does not say its version (nothing is cached then)."""
+    try:
+        return f"metaworld-{importlib.metadata.version('metaworld')}_mujoco-{importlib.metadata.version('mujoco')}"
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def cache_path(name: str, seed: int) -> Path | None:
-    """Where the draw of benchmark `name` (mt10/mt25/mt50 or one task's name) under `seed` is kept."""
-    root = cache_dir()
-    return None if root is None else root / "metaworld-goals" / _versions() / f"{name}_seed{seed}.pkl"
+    """Where the draw of benchmark `name` (mt10/mt25/mt50 or one task's name) under `seed` is kept, or
+    None when nothing is cached (`MTRL_FAMO_CACHE_DIR=off`, or versions unknown)."""
+    root, versions = cache_dir(), _versions()
+    if root is None or versions is None:
+        return None
+    return root / "metaworld-goals" / versions / f"{name}_seed{seed}.pkl"
 
 
 def is_complete(benchmark: Any, tasks: Sequence[str]) -> bool:
@@ -70,11 +82,11 @@ def load_or_draw(name: str, seed: int, tasks: Sequence[str], draw: Callable[[], 
     else `draw()`, written there when complete (an incomplete draw, such as a test's goal-less stub,
     is returned but never kept)."""
     path = cache_path(name, seed)
-    if path is not None and path.is_file():
+    if path is not None:
         try:
             with path.open("rb") as handle:
                 cached = pickle.load(handle)
-        except Exception:  # truncated, or pickled by code that no longer exists: draw it again below
+        except Exception:  # absent, unreadable, truncated, or pickled by code that no longer exists: draw
             cached = None
         if cached is not None and is_complete(cached, tasks):
             return cached

@@ -109,3 +109,26 @@ def test_where_the_cache_lives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert (
         cache_path("mt10", 1) == tmp_path / "mine" / "metaworld-goals" / "metaworld-0.0_mujoco-0.0" / "mt10_seed1.pkl"
     )
+
+
+def test_nothing_is_cached_without_a_home_or_a_known_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CACHE_DIR_VARIABLE, raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "home", no_home)
+        assert cache_dir() is None and cache_path("reach-v3", 0) is None
+
+    def unknown(name: str) -> str:
+        raise goal_cache.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setenv(CACHE_DIR_VARIABLE, str(tmp_path))
+    monkeypatch.setattr(goal_cache.importlib.metadata, "version", unknown)
+    assert cache_path("reach-v3", 0) is None
+    draw = CountingDraw(fake_benchmark(["reach-v3"]))
+    for _ in range(2):
+        load_or_draw("reach-v3", 0, ["reach-v3"], draw)
+    assert draw.calls == 2 and list(tmp_path.iterdir()) == []
