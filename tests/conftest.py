@@ -39,14 +39,13 @@ HOOKS = Path(__file__).resolve().parent / "hooks"
 # pyproject.toml runs `-n auto --dist loadfile --no-loadscope-reorder` (auto: see
 # `pytest_xdist_auto_num_workers` below): a test file's tests run on one worker and share its module
 # fixtures, and the scheduler below keeps two files that share a session's runs on one worker too
-# (pytest-xdist's own `loadgroup` cannot: it renames node ids, which pytest 9 ignores). The workers take
-# the files in the order set here: by seconds of each file (2-core machine), the longest first, so that
-# none of them starts last and keeps the suite waiting. A stale entry only costs balance; a file not listed goes after
-# these, in collection order.
+# (pytest-xdist's own `loadgroup` cannot: it renames node ids, which pytest 9 ignores), while a SPLIT_FILES
+# file's tests are spread like files. The workers take these units in the order set here: by seconds of
+# each (2-core machine), the longest first, so that none of them starts last and keeps the suite waiting.
+# A stale number only costs balance; a file not listed goes after these, in collection order.
 FILE_CPU_S = {
     "test_slurm_sweep.py": 300,  # little CPU here, but minutes of waiting for its Slurm jobs: start it first
     "test_learning.py": 100,
-    "test_toy.py": 185,
     "test_resume.py": 100,
     "test_balancer_runs.py": 105,  # with test_cli.py (one group)
     "test_evaluate.py": 27,
@@ -72,6 +71,37 @@ SHARED_GROUPS = {
     "test_cli.py": "test_balancer_runs.py",  # `tiny_cli_run`: tiny_balancer_runs reuses its mtsac and famo runs
     "test_wandb.py": "test_video.py",  # tests/observed_run.py: one CLI run with videos and W&B, stopped and resumed
 }
+# Files whose tests are independent units of work, each scheduled on its own like a file (a worker that
+# runs one builds the file's module fixtures): test_toy.py is minutes of one core, too long for one worker
+# while the others finish. Seconds of its longest tests (2-core machine); the others count as 0.
+SPLIT_FILES = {
+    "test_toy.py": {
+        "test_cagrad_reaches_the_front_from_every_start_of_its_paper": 107,
+        "test_mean_loss_stalls_from_both_top_starts_in_cagrad_setup": 30,
+        "test_famo_reaches_the_front_from_every_start_of_its_paper": 26,
+        "test_per_start_budgets_leave_the_other_runs_unchanged": 14,
+        "test_runs_are_the_library_loop_with_the_learners_optimizer": 12,
+        "test_main_writes_png_and_one_row_per_run": 9,
+        "test_mean_loss_stalls_from_the_top_right_start_in_famo_setup": 8,
+    },
+}
+
+
+def work_unit(nodeid: str) -> str:
+    """What one worker runs as a whole: a file, a SHARED_GROUPS group, or one test (every parametrization)
+    of a SPLIT_FILES file."""
+    name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    if name in SPLIT_FILES:
+        return f"{name}::{nodeid.split('::', 1)[1].split('[', 1)[0]}"
+    return SHARED_GROUPS.get(name, name)
+
+
+def unit_seconds(unit: str) -> float:
+    """The seconds a work unit is expected to take (FILE_CPU_S, SPLIT_FILES), for the order of the queue."""
+    name, _, test = unit.partition("::")
+    return SPLIT_FILES[name].get(test, 0) if test else FILE_CPU_S.get(name, 0)
+
+
 # The `slow` tier: real training runs, CLI and script subprocesses, wheel builds, Slurm, MT10/MT50
 # builds (each about 2 s of CPU or more). `pytest -m "not slow"` is the edit loop. Kept here, by
 # test function (every parametrization), for the files whose owners mark nothing themselves; a
@@ -147,39 +177,39 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """`--dist loadfile`, with the files of a SHARED_GROUPS entry as one unit of work."""
+    """`--dist loadfile`, with `work_unit`s instead of files: a SHARED_GROUPS group is one unit, a SPLIT_FILES
+    file's tests are one each."""
     if config.getvalue("dist") != "loadfile":
         return None  # pytest-xdist's own scheduler for the mode asked for
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedFileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-            return SHARED_GROUPS.get(name, name)
+            return work_unit(nodeid)
 
     return SharedFileScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Check that SLOW_TESTS names existing tests, and order the files by FILE_CPU_S (each file's tests
-    together and in their own order; the workers take them in this order)."""
+    """Check that SLOW_TESTS and SPLIT_FILES name existing tests, and order the work units by their seconds (each unit's
+    tests together and in their own order; the workers take them in this order)."""
     modules = {}
     for item in items:
         modules.setdefault(item.path.name, getattr(item, "module", None))
-    stale = [
-        f"{file}::{name}"
-        for file, module in modules.items()
-        for name in SLOW_TESTS.get(file, ())
-        if module is not None and name != "*" and not hasattr(module, name)
-    ]
-    if stale:
-        raise pytest.UsageError(f"tests/conftest.py's SLOW_TESTS names tests that do not exist: {', '.join(stale)}")
+    for table_name, table in (("SLOW_TESTS", SLOW_TESTS), ("SPLIT_FILES", SPLIT_FILES)):
+        stale = [
+            f"{file}::{name}"
+            for file, module in modules.items()
+            for name in table.get(file, ())
+            if module is not None and name != "*" and not hasattr(module, name)
+        ]
+        if stale:
+            listed = ", ".join(stale)
+            raise pytest.UsageError(f"tests/conftest.py's {table_name} names tests that do not exist: {listed}")
 
-    def group(item: pytest.Item) -> str:
-        return SHARED_GROUPS.get(item.path.name, item.path.name)
-
-    position = {name: index for index, name in enumerate(dict.fromkeys(group(item) for item in items))}
-    items.sort(key=lambda item: (-FILE_CPU_S.get(group(item), 0), position[group(item)]))
+    units = {item.nodeid: work_unit(item.nodeid) for item in items}
+    position = {unit: index for index, unit in enumerate(dict.fromkeys(units.values()))}
+    items.sort(key=lambda item: (-unit_seconds(units[item.nodeid]), position[units[item.nodeid]]))
 
 
 # Small, fast settings for end-to-end runs through the CLI.
