@@ -127,7 +127,7 @@ def metaworld_benchmark(name: str, seed: int) -> Any:
     """Metaworld's benchmark object of MT10/MT25/MT50 (`name` "mt10", ...) or of one task (`metaworld.MT1`),
     seeded with `seed`: its class table and every task's 50 goals.
 
-    Drawing the goals builds and resets each task's env 50 times, about 0.8 s of CPU per task, and its
+    Drawing the goals builds and resets each task's env 50 times, about 0.7 s of CPU per task, and its
     result is a function of (name, seed) alone (Metaworld seeds NumPy's global generator for the draw
     and restores it after), so it is drawn once per machine (`mtrl_famo.envs.goal_cache`, on disk) and
     held once per process: the training env, the evaluation env and the runs of one process (a Hydra
@@ -157,7 +157,7 @@ def sub_env_factories(spec: EnvSpec, seed: int, common: dict[str, Any]) -> list[
     depend on the tasks before it), and every sub-env gets that same `seed`. Single tasks and custom
     lists: what `make_mt_envs` does for one task name, per task with `seed + index` (an `MT1` benchmark
     of that seed and `_init_each_env`), as `Meta-World/custom-mt-envs` (but seed 0 stays 0). The
-    benchmarks come from `metaworld_benchmark` (drawn once per process).
+    benchmarks come from `metaworld_benchmark` (drawn once per machine, held once per process).
     """
     names = spec.task_names()
     if spec.name in METAWORLD_BENCHMARKS:

@@ -17,8 +17,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mtrl_famo.envs import EnvSpec, build_env
-from mtrl_famo.envs.builder import sub_env_factories, worker_count
+from mtrl_famo.envs import EnvSpec, build_env, goal_cache
+from mtrl_famo.envs.builder import metaworld_benchmark, sub_env_factories, worker_count
 from mtrl_famo.envs.evaluation import evaluate_metaworld
 from mtrl_famo.envs.workers import EnvWorkerError, WorkerVectorEnv, split_rows
 
@@ -133,15 +133,22 @@ def test_rng_checkpoint_round_trip_matches_sync(sync_reference) -> None:
 @pytest.mark.slow
 def test_mt10_workers_match_metaworlds_registered_env() -> None:
     """MT10's sub-envs (goals drawn by one seeded benchmark, every sub-env seeded alike) are those of
-    `gymnasium.make_vec("Meta-World/MT10")`, split over 3 workers (groups of 4, 3, 3)."""
+    `gymnasium.make_vec("Meta-World/MT10")`, split over 3 workers (groups of 4, 3, 3); also when their
+    goals are read back from the disk cache (mtrl_famo.envs.goal_cache), as a later process reads them."""
     sync = build_env(spec("sync", name="mt10", horizon=2), SEED)
-    workers = build_env(spec("workers", 3, name="mt10", horizon=2), SEED)
     try:
-        assert workers.task_names == sync.task_names and len(sync.task_names) == 10
-        assert_same(record(workers.vector, 10, 3, 2), record(sync.vector, 10, 3, 2), "mt10")
+        expected = record(sync.vector, 10, 3, 2)
+        for source in ("this process's draw", "the disk cache"):
+            workers = build_env(spec("workers", 3, name="mt10", horizon=2), SEED)
+            try:
+                assert workers.task_names == sync.task_names and len(sync.task_names) == 10
+                assert_same(record(workers.vector, 10, 3, 2), expected, f"mt10 from {source}")
+            finally:
+                workers.close()
+            assert goal_cache.cache_path("mt10", SEED).is_file()  # kept for later processes
+            metaworld_benchmark.cache_clear()  # from here on, as in a new process
     finally:
         sync.close()
-        workers.close()
 
 
 @pytest.mark.slow
