@@ -15,21 +15,23 @@ from pathlib import Path
 # the suite already runs one pytest-xdist worker per core. Every process the tests start (CLI runs,
 # scripts, their workers) inherits this unless the test sets a thread count itself.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Metaworld's goal draws are cached on disk (mtrl_famo.envs.goal_cache): unless MTRL_FAMO_CACHE_DIR is
-# set already (e.g. `off`), the suite keeps its own cache, empty when the session starts, so that it does
-# not read ~/.cache and every run does the same work. The process that starts first creates it; the xdist
-# workers and every process the tests start inherit the variable and share it, as a user's processes
-# share theirs. (A session killed before its exit handlers leaves the directory in the temp folder.)
-if "MTRL_FAMO_CACHE_DIR" not in os.environ:
-    _SESSION_CACHE = tempfile.mkdtemp(prefix="mtrl_famo-test-cache-")
-    os.environ["MTRL_FAMO_CACHE_DIR"] = _SESSION_CACHE
-    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtrl_famo.envs import EnvSpec, build_env
+from mtrl_famo.envs.goal_cache import CACHE_DIR_VARIABLE
+
+# Metaworld's goal draws are cached on disk (mtrl_famo.envs.goal_cache): unless MTRL_FAMO_CACHE_DIR is
+# set already (e.g. `off`), the suite keeps its own cache, empty when the session starts, so that it does
+# not read ~/.cache and every run does the same work. The process that starts first creates it; the xdist
+# workers and every process the tests start inherit the variable and share it, as a user's processes
+# share theirs. (A session killed before its exit handlers leaves the directory in the temp folder.)
+if CACHE_DIR_VARIABLE not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="mtrl_famo-test-cache-")
+    os.environ[CACHE_DIR_VARIABLE] = _SESSION_CACHE
+    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 torch.set_num_threads(1)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import pickle
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from mtrl_famo.envs.goal_cache import CACHE_DIR_VARIABLE, GOALS_PER_TASK, cache_
 
 
 @pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An empty cache directory for this test, and no benchmark held by the process before or after it."""
     monkeypatch.setenv(CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
     metaworld_benchmark.cache_clear()
