@@ -48,7 +48,7 @@ HOOKS = Path(__file__).resolve().parent / "hooks"
 # A stale number only costs balance; a file not listed goes after these, in collection order.
 FILE_CPU_S = {
     "test_slurm_sweep.py": 300,  # little CPU here, but minutes of waiting for its Slurm jobs: start it first
-    "test_learning.py": 100,
+    "test_learning.py": 65,
     "test_resume.py": 100,
     "test_balancer_runs.py": 105,  # with test_cli.py (one group)
     "test_evaluate.py": 27,

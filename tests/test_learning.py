@@ -16,31 +16,36 @@ from mtrl_famo.config import compose
 from mtrl_famo.envs import build_env, evaluate
 from mtrl_famo.trainer import Trainer
 
-pytestmark = pytest.mark.slow  # 20k steps of SAC: about 100 s of one core
+pytestmark = pytest.mark.slow  # 12k steps of SAC: about a minute of one core
 
 REACH = [
     "env=mt1",
     "env.task=reach-v3",
-    "agent.hidden_dim=64",  # 128 learns no better here (0.25 vs 0.35 below) at 1.5x the time of an update
+    "agent.hidden_dim=64",  # 128 learned no better (0.25 vs 0.35 at lr 3e-4, 20k steps) at 1.5x the time of an update
     "agent.num_layers=2",
     "agent.warmup_steps=1000",
-    "steps=20000",
-    "eval.every=20000",
+    # Adam's rate of CleanRL's SAC critic, above mtrl's 3e-4: with it 12k steps learn more often than
+    # 20k at 3e-4 (seed study below), at 60% of the cost.
+    "agent.lr=1e-3",
+    "steps=12000",
+    "eval.every=12000",
     "eval.episodes=20",
     # Its one evaluation is at the end: a background worker would only add an interpreter (the same
     # result on CPU, tests/test_background_eval.py).
     "eval.background=false",
     # One env, stepped in this process: every strategy steps it bit for bit alike (the same run, checked
-    # at 1.6k steps), and a worker process would only add its pipe round trips to each of the 20k steps.
+    # at 1.6k steps), and a worker process would only add its pipe round trips to each step.
     "env.vector_strategy=sync",
     "device=cpu",
     "progress=false",
 ]
 
-# With 128-wide layers seed 0 reached 0.40 and, after float-level changes to the update (fused Adam)
-# and the overlapped loop, 0.25; with 64-wide layers 0.35 (seed 1: 0.45 at 15k steps, 0.00 at 20k).
-# The run is chaotic, so the margin asks for 4x the random policy's rate, not more. A run that does not
-# learn stays at the random policy's 0.05.
+# Single runs are chaotic, so the margin asks for 4x the random policy's rate (0.05), not more; a run
+# that does not learn stays near the random policy's rate. This run (seed 0, one evaluation at the end)
+# reaches 0.50. Seed study of this config, evaluated every 3k steps (the same training; the evaluation
+# at 12k then scores later goals of the evaluation env's shuffle): seeds 0-5 reached 0.25, 0.45, 0.45,
+# 0.05, 0.40 and 0.25 at 12k, 5 of 6 above the margin. The former config (lr 3e-4, 20k steps) reached
+# 0.35 here, and 0.00 and 0.40 with seeds 1-2 evaluated every 5k: 2 of 3, at 1.7x the steps.
 MARGIN = 0.15
 
 
