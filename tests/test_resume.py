@@ -6,6 +6,8 @@ reached them, so where a run stops never depends on how fast this machine happen
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import signal
 import sys
@@ -65,10 +67,33 @@ def assert_same_run(reference: Path, resumed: Path) -> None:
     assert summary_got["env_steps"] == 240 and summary_got["complete"]
 
 
+def cli_in_process(*overrides: str) -> SimpleNamespace:
+    """`python -m mtrl_famo.train *overrides` in this process (its `cli()`, the module's entry point), with
+    its stdout and stderr captured. For runs whose point is not a process boundary (the straight reference,
+    a resumption after SIGTERM, a relaunch, a refusal): an interpreter start-up costs more than most of
+    them. Warnings are not on its stderr here (pytest records them), so a test of a warning's text runs
+    the CLI in a subprocess. Returns (returncode, stdout, stderr)."""
+    from mtrl_famo import train
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["mtrl_famo.train", *overrides]
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            train.cli()
+        code = 0
+    except SystemExit as error:
+        code = error.code or 0
+    finally:
+        sys.argv = argv
+    return SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The straight run that every interrupted and resumed run must match, through the CLI in process."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    result = run_cli(*RESUME_RUN, "balancer=famo", f"run_dir={run_dir}")
+    result = cli_in_process(*RESUME_RUN, "balancer=famo", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -80,7 +105,7 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(reference_run: Pat
     assert not (run_dir / checkpoint.PREVIOUS).exists()  # checkpoint.every=0: no periodic saves
     assert not (run_dir / "summary.json").exists()
 
-    result = run_cli(*RESUME_RUN, "balancer=famo", f"run_dir={run_dir}", "checkpoint.every=0")
+    result = cli_in_process(*RESUME_RUN, "balancer=famo", f"run_dir={run_dir}", "checkpoint.every=0")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(reference_run, run_dir)
 
@@ -94,46 +119,24 @@ def test_kill9_and_corrupted_newest_checkpoint_fall_back_and_still_match(referen
     data = (run_dir / checkpoint.LATEST).read_bytes()
     (run_dir / checkpoint.LATEST).write_bytes(data[: len(data) // 2])
 
-    result = run_cli(*RESUME_RUN, "balancer=famo", f"run_dir={run_dir}")
+    result = run_cli(*RESUME_RUN, "balancer=famo", f"run_dir={run_dir}")  # a subprocess: the warning on stderr
     assert result.returncode == 0, result.stderr[-3000:]
     assert "could not be read; resuming from the previous checkpoint" in result.stderr
     assert_same_run(reference_run, run_dir)
 
 
-def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *overrides: str):
-    """`python -m mtrl_famo.train *overrides` in this process (its `cli()`, the module's entry point):
-    the relaunch and refusal below are about what the CLI decides, not about a process boundary, and
-    an interpreter start-up costs more than what they check. Returns (exit code, stdout, stderr)."""
-    from mtrl_famo import train
-
-    monkeypatch.setattr(sys, "argv", ["mtrl_famo.train", *overrides])
-    try:
-        train.cli()
-        code = 0
-    except SystemExit as error:
-        code = error.code or 0
-    captured = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
-
-
-def test_finished_run_relaunched_stays_finished(
-    reference_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+def test_finished_run_relaunched_stays_finished(reference_run: Path) -> None:
     before = tb_scalars(reference_run, DETERMINISTIC_TAGS)
-    result = cli_in_process(monkeypatch, capsys, *RESUME_RUN, "balancer=famo", f"run_dir={reference_run}")
+    result = cli_in_process(*RESUME_RUN, "balancer=famo", f"run_dir={reference_run}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: 240 steps per task" in result.stdout
     assert tb_scalars(reference_run, DETERMINISTIC_TAGS) == before
 
 
-def test_checkpoint_of_another_config_is_refused_and_nothing_overwritten(
-    reference_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+def test_checkpoint_of_another_config_is_refused_and_nothing_overwritten(reference_run: Path) -> None:
     config_before = (reference_run / "config.yaml").read_text()
     newest_before = (reference_run / checkpoint.LATEST).read_bytes()
-    result = cli_in_process(
-        monkeypatch, capsys, *RESUME_RUN, "balancer=famo", "agent.hidden_dim=16", f"run_dir={reference_run}"
-    )
+    result = cli_in_process(*RESUME_RUN, "balancer=famo", "agent.hidden_dim=16", f"run_dir={reference_run}")
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("error: ") and "holds a checkpoint of a different run" in message
