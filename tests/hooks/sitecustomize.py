@@ -19,15 +19,46 @@ function of the run (identical in an interrupted-and-resumed run).
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
+import sys
 import time
+from collections.abc import Callable
 
 
-def _install_pause(pause_at: int, marker: str | None) -> None:
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `install` right after module `name` has first been executed. Every Python process started
+    with this folder on its path loads this file, including the short probes that libraries run in
+    subprocesses of their own (MuJoCo's GL probe): patching at start-up would import mtrl_famo and torch
+    into each of them (1-2 s of CPU apiece), patching on import only where the module is used."""
+
+    def __init__(self, name: str, install: Callable[[], None]):
+        self.name = name
+        self.install = install
+
+    def find_spec(self, fullname, path, target=None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once; the other finders locate the module
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module) -> None:
+            execute(module)
+            self.install()
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _install_pause(pause_at: int, marker: str | None, parent: int) -> None:
     from mtrl_famo import preemption, trainer
 
     caught: list[int] = []
-    parent = os.getppid()  # at start-up: a parent gone before the pause is seen too
     original_flag = preemption.PreemptionGuard._flag
     original_step = trainer.Trainer.step
 
@@ -66,6 +97,8 @@ def _install_scripted_success() -> None:
 
 
 if os.environ.get("MTRL_FAMO_TEST_PAUSE_AT") is not None:
-    _install_pause(int(os.environ["MTRL_FAMO_TEST_PAUSE_AT"]), os.environ.get("MTRL_FAMO_TEST_PAUSE_MARKER"))
+    _pause_at, _marker = int(os.environ["MTRL_FAMO_TEST_PAUSE_AT"]), os.environ.get("MTRL_FAMO_TEST_PAUSE_MARKER")
+    _parent = os.getppid()  # at start-up: a parent gone before the pause is seen too
+    sys.meta_path.insert(0, _AfterImport("mtrl_famo.trainer", lambda: _install_pause(_pause_at, _marker, _parent)))
 if os.environ.get("MTRL_FAMO_TEST_SCRIPTED_SUCCESS") == "1":
-    _install_scripted_success()
+    sys.meta_path.insert(0, _AfterImport("mtrl_famo.evaluator", _install_scripted_success))
