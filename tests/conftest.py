@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 # Tests use tiny networks: a second thread only adds overhead on these shared 2-core machines, where
 # the suite already runs one pytest-xdist worker per core. Every process the tests start (CLI runs,
@@ -338,6 +341,28 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def cli_in_process(*overrides: str) -> SimpleNamespace:
+    """`run_cli` in this process: `python -m mtrl_famo.train *overrides` through its `cli()`, the module's
+    entry point, with stdout and stderr captured. For runs whose point is not a process boundary (a
+    reference run, a resumption after SIGTERM, a relaunch, a refusal): an interpreter start-up costs more
+    than most of them. Warnings are not on its stderr here (pytest records them), so a test of a warning's
+    text uses `run_cli`. Returns (returncode, stdout, stderr)."""
+    from mtrl_famo import train
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["mtrl_famo.train", *overrides]
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            train.cli()
+        code = 0
+    except SystemExit as error:
+        code = error.code or 0
+    finally:
+        sys.argv = argv
+    return SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
 def run_script(name: str, *arguments: str, timeout: float | None = None) -> subprocess.CompletedProcess:

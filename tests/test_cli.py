@@ -13,9 +13,8 @@ import torch
 from mtrl_famo.balancers import NAMES
 from mtrl_famo.config import ConfigError
 from mtrl_famo.preflight import SUBMITIT_PLUGIN, check_run_dir
-from mtrl_famo.train import cli
 
-from conftest import TINY_RUN, run_cli, tb_scalars
+from conftest import TINY_RUN, cli_in_process, run_cli, tb_scalars
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +184,7 @@ def assert_one_sentence(message: str, fragment: str) -> None:
 
 
 @pytest.mark.parametrize("override, fragment, setup", BAD_INPUT, ids=[case[0] for case in BAD_INPUT])
-def test_bad_input_is_one_clear_sentence(override, fragment, setup, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_clear_sentence(override, fragment, setup, tmp_path, monkeypatch):
     """In process, through the same entry point as `python -m mtrl_famo.train` (fast)."""
     monkeypatch.chdir(tmp_path)
     if setup is not None:
@@ -194,13 +193,10 @@ def test_bad_input_is_one_clear_sentence(override, fragment, setup, tmp_path, mo
     arguments = override.format(tmp=tmp_path).split()
     if not any(argument.startswith("run_dir=") for argument in arguments):
         arguments.append(f"run_dir={tmp_path / 'bad'}")
-    monkeypatch.setattr("sys.argv", ["mtrl_famo.train", *TINY_RUN, *arguments])
-    with pytest.raises(SystemExit) as stopped:
-        cli()
-    assert stopped.value.code == 2
-    captured = capsys.readouterr()
-    assert_one_sentence(captured.err, fragment)
-    assert captured.out == ""
+    result = cli_in_process(*TINY_RUN, *arguments)
+    assert result.returncode == 2
+    assert_one_sentence(result.stderr, fragment)
+    assert result.stdout == ""
     assert sorted(tmp_path.iterdir()) == before  # no run dir, no Hydra outputs, no probe left behind
 
 
@@ -224,7 +220,7 @@ def test_run_dir_probe_creates_the_directory_and_cleans_up_only_after_a_failure(
     assert (kept / "a" / "b").is_dir()
 
 
-def test_sweep_job_checks_its_run_dir_inside_main(tmp_path, monkeypatch, capsys):
+def test_sweep_job_checks_its_run_dir_inside_main(tmp_path, monkeypatch):
     """A multirun skips the pre-Hydra checks; each job (on its Slurm node) probes its own directory."""
     monkeypatch.chdir(tmp_path)
 
@@ -232,11 +228,9 @@ def test_sweep_job_checks_its_run_dir_inside_main(tmp_path, monkeypatch, capsys)
         raise OSError(30, "Read-only file system", str(kwargs.get("dir")))
 
     monkeypatch.setattr("mtrl_famo.preflight.tempfile.NamedTemporaryFile", refuse)
-    monkeypatch.setattr("sys.argv", ["mtrl_famo.train", "-m", *TINY_RUN, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
-    with pytest.raises(SystemExit) as stopped:
-        cli()
-    assert stopped.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
+    result = cli_in_process("-m", *TINY_RUN, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: run_dir=") and "cannot be created or written (Read-only file system" in last
 
 

@@ -6,14 +6,10 @@ reached them, so where a run stops never depends on how fast this machine happen
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import signal
-import sys
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +17,7 @@ import torch
 from mtrl_famo import checkpoint
 from mtrl_famo.config import compose
 
-from conftest import DETERMINISTIC_TAGS, TINY_RUN, run_cli, start_cli, tb_scalars, wait_for
+from conftest import DETERMINISTIC_TAGS, TINY_RUN, cli_in_process, run_cli, start_cli, tb_scalars, wait_for
 
 # 40-step episodes, checkpoints at every episode end: interruptions land between checkpoints.
 RESUME_RUN = [*TINY_RUN, "steps=240", "checkpoint.every=40", "log.every=10"]
@@ -65,28 +61,6 @@ def assert_same_run(reference: Path, resumed: Path) -> None:
     summary_got = json.loads((resumed / "summary.json").read_text())
     assert summary_got == summary_ref
     assert summary_got["env_steps"] == 240 and summary_got["complete"]
-
-
-def cli_in_process(*overrides: str) -> SimpleNamespace:
-    """`python -m mtrl_famo.train *overrides` in this process (its `cli()`, the module's entry point), with
-    its stdout and stderr captured. For runs whose point is not a process boundary (the straight reference,
-    a resumption after SIGTERM, a relaunch, a refusal): an interpreter start-up costs more than most of
-    them. Warnings are not on its stderr here (pytest records them), so a test of a warning's text runs
-    the CLI in a subprocess. Returns (returncode, stdout, stderr)."""
-    from mtrl_famo import train
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["mtrl_famo.train", *overrides]
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            train.cli()
-        code = 0
-    except SystemExit as error:
-        code = error.code or 0
-    finally:
-        sys.argv = argv
-    return SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
 @pytest.fixture(scope="module")
